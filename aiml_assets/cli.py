@@ -1,0 +1,72 @@
+"""`aiml`: the local platform's commands (seed the local EDP, run the main job, prepare the Dagster instance)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+
+from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, aiml_home, current_env, load_settings
+
+
+def prepare_instance() -> Path:
+    """A local Dagster home (DAGSTER_HOME, default ./.dagster_home) with the local dagster.yaml."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(DEPLOYMENTS_DIR / "dagster" / "local" / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def seed(customers: int, seed_value: int, end_date: date) -> dict[str, int]:
+    from aiml_assets.edp.seed import seed_edp
+    from aiml_assets.resources.catalog import LocalCatalog
+
+    settings = load_settings()
+    if not settings.is_local:
+        raise SystemExit(f"seed-edp writes the local EDP stand-in; AIML_ENV={settings.environment} reads the real EDP")
+    catalog = LocalCatalog(home=str(aiml_home()))
+    return seed_edp(catalog, customers=customers, seed=seed_value, end_date=end_date, products=settings.products)
+
+
+def run_main_job() -> bool:
+    from dagster import DagsterInstance, execute_job, reconstructable
+
+    from aiml_assets.definitions import main_job_for_current_env
+
+    prepare_instance()
+    with DagsterInstance.get() as instance:
+        result = execute_job(reconstructable(main_job_for_current_env), instance=instance)
+        print(f"main job run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+        return result.success
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aiml", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    seed_cmd = commands.add_parser("seed-edp", help="write the synthetic EDP source products into the local catalog")
+    run_cmd = commands.add_parser("run-local", help="seed the local EDP, then materialize the whole graph")
+    for cmd in (seed_cmd, run_cmd):
+        cmd.add_argument("--customers", type=int, default=10_000)
+        cmd.add_argument("--seed", type=int, default=7)
+        cmd.add_argument("--end-date", type=date.fromisoformat, default=date(2026, 10, 31))
+    commands.add_parser("prepare-instance", help="create the local Dagster home with its dagster.yaml")
+    args = parser.parse_args(argv)
+
+    if args.command == "prepare-instance":
+        print(prepare_instance())
+        return 0
+    print(f"AIML_ENV={current_env()} AIML_HOME={aiml_home()}")
+    counts = seed(args.customers, args.seed, args.end_date)
+    for name, rows in counts.items():
+        print(f"{name}: {rows} rows")
+    if args.command == "seed-edp":
+        return 0
+    return 0 if run_main_job() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

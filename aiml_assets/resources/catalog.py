@@ -1,0 +1,136 @@
+"""The catalog: Unity Catalog three-level names remotely; locally a persistent catalog mapping the same names to
+Delta tables. Tables are only ever addressed by these names; locations are the catalog's business."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from abc import ABC, abstractmethod
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pyspark.sql import DataFrame, SparkSession
+
+from aiml_assets.resources.tables import DeltaRsTables
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+
+
+class CatalogError(LookupError):
+    pass
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise CatalogError(f"{name!r} is not a three-level catalog name (catalog.schema.table, lower case)")
+    return name
+
+
+class Catalog(ConfigurableResource, ABC):
+    @abstractmethod
+    def read(self, spark: SparkSession, name: str) -> DataFrame: ...
+
+    @abstractmethod
+    def location(self, name: str) -> str: ...
+
+    @abstractmethod
+    def register(self, name: str, location: str, *, owner: str, comment: str = "", properties: dict | None = None) -> None:
+        """Point `name` at the Delta table at `location`, in one atomic step."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def version(self, name: str) -> int:
+        """The Delta table version the name currently points at."""
+
+
+class LocalCatalog(Catalog):
+    """A SQLite registry under the AIML home: name -> Delta location, owner, comment, properties."""
+
+    home: str
+
+    @property
+    def _db(self) -> Path:
+        return Path(self.home) / "catalog" / "registry.sqlite"
+
+    def _connect(self) -> sqlite3.Connection:
+        self._db.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._db, timeout=30)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS tables (name TEXT PRIMARY KEY, location TEXT NOT NULL, owner TEXT NOT NULL,"
+            " comment TEXT NOT NULL, properties TEXT NOT NULL, registered_at TEXT NOT NULL)"
+        )
+        return conn
+
+    def managed_location(self, name: str) -> str:
+        """Where a table owned by the catalog itself lives (the local stand-in for EDP's storage)."""
+        return str(Path(self.home, "catalog", *check_name(name).split(".")))
+
+    def register(self, name, location, *, owner, comment="", properties=None) -> None:
+        row = (check_name(name), location, owner, comment, json.dumps(properties or {}, sort_keys=True),
+               datetime.now(timezone.utc).isoformat())
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT OR REPLACE INTO tables VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def entry(self, name: str) -> dict:
+        with closing(self._connect()) as conn:
+            found = conn.execute("SELECT * FROM tables WHERE name = ?", (check_name(name),)).fetchone()
+        if found is None:
+            raise CatalogError(f"{name} is not registered in the local catalog at {self._db}")
+        keys = ("name", "location", "owner", "comment", "properties", "registered_at")
+        entry = dict(zip(keys, found))
+        entry["properties"] = json.loads(entry["properties"])
+        return entry
+
+    def exists(self, name) -> bool:
+        try:
+            self.entry(name)
+        except CatalogError:
+            return False
+        return True
+
+    def location(self, name) -> str:
+        return self.entry(name)["location"]
+
+    def names(self) -> list[str]:
+        with closing(self._connect()) as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM tables ORDER BY name")]
+
+    def read(self, spark, name) -> DataFrame:
+        return DeltaRsTables().read(spark, self.location(name))
+
+    def version(self, name) -> int:
+        return DeltaRsTables().version(self.location(name))
+
+
+class UnityCatalog(Catalog):
+    """Unity Catalog through the cluster's Spark session; grants and lineage are Unity Catalog's own."""
+
+    def _spark(self) -> SparkSession:
+        return SparkSession.builder.getOrCreate()
+
+    def read(self, spark, name) -> DataFrame:
+        return spark.table(check_name(name))
+
+    def location(self, name) -> str:
+        return self._spark().sql(f"DESCRIBE DETAIL {check_name(name)}").first()["location"]
+
+    def exists(self, name) -> bool:
+        return self._spark().catalog.tableExists(check_name(name))
+
+    def version(self, name) -> int:
+        return int(self._spark().sql(f"DESCRIBE HISTORY {check_name(name)} LIMIT 1").first()["version"])
+
+    def register(self, name, location, *, owner, comment="", properties=None) -> None:
+        spark = self._spark()
+        check_name(name)
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION '{location}'")
+        spark.sql(f"COMMENT ON TABLE {name} IS {json.dumps(comment)}")
+        spark.sql(f"ALTER TABLE {name} SET OWNER TO `{owner}`")
+        if properties:
+            props = ", ".join(f"{json.dumps(k)} = {json.dumps(str(v))}" for k, v in properties.items())
+            spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({props})")

@@ -1,0 +1,50 @@
+"""Resources per environment, built in one place from the environment's settings."""
+
+from __future__ import annotations
+
+from dagster import EnvVar, ResourceDefinition
+
+from aiml_assets.resources.catalog import LocalCatalog, UnityCatalog
+from aiml_assets.resources.nexus import HttpNexus, LocalNexus
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.step_launcher import databricks_step_launcher
+from aiml_assets.resources.storage import LocalStorage, S3Storage
+from aiml_assets.resources.tables import DeltaRsTables, SparkDeltaTables
+from aiml_assets.resources.tracking import MlflowResource
+from aiml_assets.settings import Settings, aiml_home
+
+STEP_LAUNCHER_KEY = "pyspark_step_launcher"
+
+
+def build_resources(settings: Settings) -> dict:
+    home = str(aiml_home())
+    mlflow = MlflowResource(home=home, **settings.mlflow.model_dump())
+    nexus = (
+        LocalNexus(root=str(aiml_home() / "nexus" / settings.nexus.repository))
+        if settings.nexus.kind == "local"
+        else HttpNexus(
+            url=settings.nexus.url,
+            repository=settings.nexus.repository,
+            username=EnvVar(settings.nexus.username_env_var),
+            password=EnvVar(settings.nexus.password_env_var),
+        )
+    )
+    if settings.is_local:
+        return {
+            STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(description="local: steps run in-process"),
+            "spark": SparkResource(local=True, **settings.spark.model_dump()),
+            "tables": DeltaRsTables(),
+            "catalog": LocalCatalog(home=home),
+            "storage": LocalStorage(home=home, buckets=settings.storage.buckets),
+            "mlflow": mlflow,
+            "nexus": nexus,
+        }
+    return {
+        STEP_LAUNCHER_KEY: databricks_step_launcher(settings),
+        "spark": SparkResource(local=False),
+        "tables": SparkDeltaTables(),
+        "catalog": UnityCatalog(),
+        "storage": S3Storage(buckets=settings.storage.buckets),
+        "mlflow": mlflow,
+        "nexus": nexus,
+    }

@@ -1,0 +1,128 @@
+"""The environment's own buckets: folders under the AIML home locally, S3 remotely.
+
+Assets ask for a location by bucket role (`lab`, `scoring`, `publication`) and a relative key; they never build
+URIs themselves, so IO can only reach the buckets the environment file names.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+import boto3
+from dagster import ConfigurableResource
+
+
+class StorageError(PermissionError):
+    """IO outside the environment's own buckets, or to a bucket role the environment does not have."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    last_modified: datetime
+
+
+def _check_key(key: str) -> str:
+    parts = PurePosixPath(key).parts
+    if not key or key.startswith("/") or ".." in parts:
+        raise StorageError(f"{key!r}: expected a relative key inside the bucket")
+    return key
+
+
+class Storage(ConfigurableResource, ABC):
+    buckets: dict[str, str]  # role -> bucket root, as in resources/<env>.yaml
+
+    def root(self, role: str) -> str:
+        if role not in self.buckets:
+            raise StorageError(f"this environment has no {role!r} bucket; it has {sorted(self.buckets)}")
+        return self.buckets[role]
+
+    def uri(self, role: str, key: str) -> str:
+        return f"{self.root(role).rstrip('/')}/{_check_key(key)}"
+
+    @abstractmethod
+    def put(self, role: str, key: str, data: bytes) -> str: ...
+
+    @abstractmethod
+    def get(self, role: str, key: str) -> bytes: ...
+
+    @abstractmethod
+    def list(self, role: str, prefix: str = "") -> Iterator[StoredObject]: ...
+
+    @abstractmethod
+    def delete(self, role: str, key: str) -> None: ...
+
+
+class LocalStorage(Storage):
+    """Buckets as folders under the AIML home."""
+
+    home: str
+
+    def root(self, role: str) -> str:
+        return str(Path(self.home) / super().root(role))
+
+    def put(self, role, key, data) -> str:
+        path = Path(self.uri(role, key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)  # readers see the old object or the new one, never half of one
+        return str(path)
+
+    def get(self, role, key) -> bytes:
+        return Path(self.uri(role, key)).read_bytes()
+
+    def list(self, role, prefix=""):
+        root = Path(self.root(role))
+        for path in sorted(root.rglob("*")):
+            key = path.relative_to(root).as_posix()
+            if path.is_file() and key.startswith(prefix):
+                stat = path.stat()
+                yield StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+
+    def delete(self, role, key) -> None:
+        Path(self.uri(role, key)).unlink(missing_ok=True)
+
+
+class S3Storage(Storage):
+    """Buckets on S3 (credentials from the cluster's instance profile or the standard AWS env vars)."""
+
+    region: str = "eu-west-2"
+    endpoint_url: str | None = None
+
+    def _client(self):
+        return boto3.client("s3", region_name=self.region, endpoint_url=self.endpoint_url)
+
+    def _split(self, role: str, key: str = "") -> tuple[str, str]:
+        root = self.root(role).removeprefix("s3://")
+        bucket, _, base = root.partition("/")
+        return bucket, "/".join(part for part in (base.strip("/"), key) if part)
+
+    def put(self, role, key, data) -> str:
+        bucket, full_key = self._split(role, _check_key(key))
+        self._client().put_object(Bucket=bucket, Key=full_key, Body=data)  # S3 PUTs are atomic per object
+        return f"s3://{bucket}/{full_key}"
+
+    def get(self, role, key) -> bytes:
+        bucket, full_key = self._split(role, _check_key(key))
+        return self._client().get_object(Bucket=bucket, Key=full_key)["Body"].read()
+
+    def list(self, role, prefix=""):
+        bucket, base = self._split(role)
+        full_prefix = "/".join(part for part in (base, prefix) if part)
+        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=full_prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                key = item["Key"][len(base) + 1:] if base else item["Key"]
+                yield StoredObject(key, item["Size"], item["LastModified"])
+
+    def delete(self, role, key) -> None:
+        bucket, full_key = self._split(role, _check_key(key))
+        self._client().delete_object(Bucket=bucket, Key=full_key)

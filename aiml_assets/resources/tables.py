@@ -1,0 +1,174 @@
+"""Delta Lake tables: delta-rs locally (Spark cannot load the Delta jars here), Spark's Delta on Databricks.
+
+Both implementations share one contract: a write replaces the whole table or exactly the partitions named in
+`replace`, in one transaction whose commit metadata carries the Dagster run id; a read returns a Spark
+DataFrame of the current snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+from dagster import ConfigurableResource
+from deltalake import DeltaTable, Schema
+from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+RUN_ID_KEY = "dagster_run_id"
+
+
+class TableWriteError(RuntimeError):
+    """A write that would break the table's contract; nothing was committed."""
+
+
+class DeltaTables(ConfigurableResource, ABC):
+    @abstractmethod
+    def write(
+        self,
+        df: DataFrame,
+        location: str,
+        *,
+        run_id: str,
+        partition_by: list[str] | None = None,
+        replace: dict[str, str] | None = None,
+    ) -> int:
+        """Commit `df` at `location` and return the new table version.
+
+        `replace=None` overwrites the table; `replace={"snapshot_date": "2024-01-31"}` replaces that partition
+        only, and refuses rows outside it.
+        """
+
+    @abstractmethod
+    def read(self, spark: SparkSession, location: str) -> DataFrame: ...
+
+    @abstractmethod
+    def version(self, location: str) -> int: ...
+
+    @abstractmethod
+    def commit_metadata(self, location: str) -> dict:
+        """The latest commit's metadata (holds the Dagster run id of the write)."""
+
+
+def _predicate(replace: dict[str, str]) -> str:
+    return " AND ".join(f"{column} = '{value}'" for column, value in replace.items())
+
+
+class DeltaRsTables(DeltaTables):
+    """Local tables: Spark's executors write the Parquet files under the table folder (nothing crosses the
+    driver), and delta-rs commits them as one transaction."""
+
+    def write(self, df, location, *, run_id, partition_by=None, replace=None) -> int:
+        partition_by = list(partition_by or [])
+        if replace and set(replace) != set(partition_by):
+            raise TableWriteError(f"{location}: replace {sorted(replace)} must name the partition columns {partition_by}")
+        root = Path(location)
+        write_id = uuid.uuid4().hex
+        staging = root / "_staging" / write_id
+        placed: list[Path] = []
+        try:
+            df.write.partitionBy(*partition_by).parquet(str(staging))
+            actions = self._place_files(root, staging, write_id, placed)
+            self._check_within(actions, replace, location)
+            self._commit(root, df, actions, run_id, partition_by, replace)
+        except BaseException:
+            for path in placed:  # never referenced by the log, so invisible to readers; tidy them away
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging.parent.rmdir()  # only when no other write is staging
+        return self.version(location)
+
+    @staticmethod
+    def _place_files(root: Path, staging: Path, write_id: str, placed: list[Path]) -> list[AddAction]:
+        """Move Spark's output into the table's Hive-style layout and describe each file for the commit."""
+        actions = []
+        for dirpath, _, files in os.walk(staging):
+            for name in sorted(files):
+                if not name.endswith(".parquet"):
+                    continue  # Hadoop's .crc side files stay in staging and go with it
+                partition_dirs = Path(dirpath).relative_to(staging)
+                target = root / partition_dirs / f"{write_id}-{name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(Path(dirpath) / name, target)
+                placed.append(target)
+                values = dict(unquote(part).split("=", 1) for part in partition_dirs.parts)
+                stat = target.stat()
+                rel = str(target.relative_to(root))
+                actions.append(AddAction(rel, stat.st_size, values, int(stat.st_mtime * 1000), True, "{}"))
+        return actions
+
+    @staticmethod
+    def _check_within(actions: list[AddAction], replace: dict[str, str] | None, location: str) -> None:
+        if not replace:
+            return
+        for action in actions:
+            outside = {k: v for k, v in action.partition_values.items() if replace.get(k) != v}
+            if outside:
+                raise TableWriteError(f"{location}: rows outside the replaced partition {replace}: {outside}")
+
+    @staticmethod
+    def _commit(root, df, actions, run_id, partition_by, replace) -> None:
+        schema = to_arrow_schema(df.schema, timezone="UTC")
+        properties = CommitProperties(custom_metadata={RUN_ID_KEY: run_id})
+        if not (root / "_delta_log").is_dir():
+            create_table_with_add_actions(
+                str(root), Schema.from_arrow(schema), actions, mode="error",
+                partition_by=partition_by or None, commit_properties=properties,
+            )
+            return
+        filters = [(k, "=", v) for k, v in replace.items()] if replace else None
+        DeltaTable(str(root)).create_write_transaction(
+            actions, mode="overwrite", schema=schema, partition_by=partition_by or None,
+            partition_filters=filters, commit_properties=properties,
+        )
+
+    def read(self, spark, location) -> DataFrame:
+        table = DeltaTable(location)
+        schema = from_arrow_schema(pa.schema(table.schema().to_arrow()), prefer_timestamp_ntz=False)
+        files = table.file_uris()
+        if not files:
+            return spark.createDataFrame([], schema)
+        return spark.read.schema(schema).option("basePath", location).parquet(*files)
+
+    def version(self, location) -> int:
+        return DeltaTable(location).version()
+
+    def commit_metadata(self, location) -> dict:
+        return DeltaTable(location).history(limit=1)[0]
+
+
+class SparkDeltaTables(DeltaTables):
+    """Databricks: Spark's own Delta reader and writer."""
+
+    def write(self, df, location, *, run_id, partition_by=None, replace=None) -> int:
+        writer = df.write.format("delta").mode("overwrite").option("userMetadata", run_id)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if replace:
+            writer = writer.option("replaceWhere", _predicate(replace))
+        writer.save(location)
+        return self.version(location)
+
+    def read(self, spark, location) -> DataFrame:
+        return spark.read.format("delta").load(location)
+
+    def _last_commit(self, location):
+        spark = SparkSession.builder.getOrCreate()
+        return spark.sql(f"DESCRIBE HISTORY delta.`{location}` LIMIT 1").first()
+
+    def version(self, location) -> int:
+        return int(self._last_commit(location)["version"])
+
+    def commit_metadata(self, location) -> dict:
+        commit = self._last_commit(location)
+        return {"version": int(commit["version"]), RUN_ID_KEY: commit["userMetadata"]}

@@ -1,0 +1,40 @@
+"""MLflow tracking and model registry: SQLite under the AIML home locally; Databricks / Unity Catalog remotely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from dagster import ConfigurableResource
+from mlflow import MlflowClient
+
+
+class MlflowResource(ConfigurableResource):
+    tracking_uri: str  # "sqlite" means the SQLite database under `home`
+    registry_uri: str
+    experiment: str
+    home: str = ""
+
+    def _resolve(self, uri: str) -> str:
+        if uri != "sqlite":
+            return uri
+        db = Path(self.home) / "mlflow" / "mlflow.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        return (Path(self.home) / "mlflow" / "artifacts").as_uri() if self.tracking_uri == "sqlite" else None
+
+    def activate(self) -> str:
+        """Point the mlflow client library at this environment and return the experiment id."""
+        mlflow.set_tracking_uri(self._resolve(self.tracking_uri))
+        mlflow.set_registry_uri(self._resolve(self.registry_uri))
+        experiment = mlflow.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location)
+
+    def client(self) -> MlflowClient:
+        self.activate()
+        return MlflowClient()

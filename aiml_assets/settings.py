@@ -1,0 +1,166 @@
+"""Environment selection: `AIML_ENV` picks `resources/<env>.yaml`, parsed into typed, validated settings.
+
+The env files are the only place the four environments differ; everything else reads these settings.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENVIRONMENTS = ("local", "lab", "uat", "prod")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RESOURCES_DIR = PROJECT_ROOT / "resources"
+DEPLOYMENTS_DIR = PROJECT_ROOT / "deployments"
+
+
+class SettingsError(ValueError):
+    """An environment file is missing or does not hold what the code location needs."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalSparkSettings(_Strict):
+    master: str = "local[*]"
+    shuffle_partitions: int = Field(4, ge=1)
+    driver_memory: str = "4g"
+
+
+class DatabricksSecret(_Strict):
+    """A secret the cluster reads from a Databricks secret scope into an environment variable."""
+
+    name: str
+    scope: str
+    key: str
+
+
+class DatabricksSettings(_Strict):
+    """How assets run on the environment's workspace through the Databricks step launcher."""
+
+    # The host comes from this env var at run time; credentials are never configured here: the Databricks SDK
+    # reads the service principal's DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT_SECRET from the environment.
+    host_env_var: str = "DATABRICKS_HOST"
+    cluster_spec: str  # a file under deployments/databricks/
+    run_name: str
+    secrets: list[DatabricksSecret] = []
+    staging_prefix: str = Field(pattern=r"^/")  # DBFS folder where the launcher stages each step
+    timeout_seconds: int = Field(4 * 3600, ge=60)
+    poll_interval_sec: int = Field(10, ge=1)
+
+
+class StorageSettings(_Strict):
+    """The environment's own buckets. Locally they are folders under the AIML home."""
+
+    kind: Literal["local", "s3"]
+    buckets: dict[str, str] = Field(min_length=1)  # role (lab, uat, prod, publication...) -> bucket URI
+    retention_days: int | None = Field(None, ge=1)  # None: permanent (prod)
+
+    @model_validator(mode="after")
+    def _uris_match_kind(self) -> StorageSettings:
+        for role, uri in self.buckets.items():
+            if self.kind == "s3" and not uri.startswith("s3://"):
+                raise ValueError(f"buckets.{role}: expected an s3:// URI for kind s3, got {uri!r}")
+            if self.kind == "local" and "://" in uri:
+                raise ValueError(f"buckets.{role}: expected a folder under the AIML home for kind local, got {uri!r}")
+        return self
+
+
+class CatalogSettings(_Strict):
+    """Unity Catalog remotely; locally a persistent catalog that maps the same three-level names."""
+
+    kind: Literal["local", "unity"]
+    edp_catalog: str = "edp"
+    aiml_catalog: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+
+
+class MlflowSettings(_Strict):
+    tracking_uri: str  # "sqlite" means the SQLite file under the AIML home
+    registry_uri: str
+    experiment: str
+
+
+class NexusSettings(_Strict):
+    kind: Literal["local", "http"]
+    url: str = ""  # http(s) base URL of the Nexus server; empty for local
+    repository: str = "aiml-models"
+    username_env_var: str = "NEXUS_USERNAME"
+    password_env_var: str = "NEXUS_PASSWORD"
+
+    @model_validator(mode="after")
+    def _url_for_http(self) -> NexusSettings:
+        if self.kind == "http" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url: expected an http(s):// URL for kind http, got {self.url!r}")
+        return self
+
+
+class Settings(_Strict):
+    environment: Literal["local", "lab", "uat", "prod"]
+    compute: Literal["local", "databricks"]
+    spark: LocalSparkSettings = LocalSparkSettings()
+    databricks: DatabricksSettings | None = None
+    storage: StorageSettings
+    catalog: CatalogSettings
+    mlflow: MlflowSettings
+    nexus: NexusSettings
+    products: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _databricks_when_remote(self) -> Settings:
+        if self.compute == "databricks" and self.databricks is None:
+            raise ValueError("databricks: required when compute is databricks")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.compute == "local"
+
+
+def current_env() -> str:
+    env = os.environ.get("AIML_ENV", "local").strip() or "local"
+    if env not in ENVIRONMENTS:
+        raise SettingsError(f"AIML_ENV={env!r} is not an environment; expected one of {', '.join(ENVIRONMENTS)}")
+    return env
+
+
+def aiml_home() -> Path:
+    """Local state (catalog, MLflow database, Nexus folder, buckets) lives here; tests point it at a temp dir."""
+    return Path(os.environ.get("AIML_HOME", PROJECT_ROOT / ".aiml")).resolve()
+
+
+def _describe(error: dict) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    return f"  {field}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_settings(path: Path, expected_env: str | None = None) -> Settings:
+    if not path.is_file():
+        raise SettingsError(f"{path}: environment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(_describe(e) for e in exc.errors())
+        raise SettingsError(f"{path}: invalid settings\n{lines}") from exc
+    if expected_env and settings.environment != expected_env:
+        raise SettingsError(f"{path}: environment: expected {expected_env!r}, got {settings.environment!r}")
+    return settings
+
+
+@lru_cache(maxsize=None)
+def load_settings(env: str | None = None) -> Settings:
+    env = env or current_env()
+    if env not in ENVIRONMENTS:
+        raise SettingsError(f"{env!r} is not an environment; expected one of {', '.join(ENVIRONMENTS)}")
+    return parse_settings(RESOURCES_DIR / f"{env}.yaml", expected_env=env)

@@ -1,0 +1,37 @@
+"""Shared fixtures: one SparkSession per test session; a fresh AIML home and Dagster instance per test."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import DagsterInstance
+
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.settings import load_settings
+
+
+@pytest.fixture(scope="session")
+def spark():
+    # Small and in-process: Spark on 2 cores is slow to start, so every test shares this one session.
+    session = SparkResource(master="local[2]", shuffle_partitions=2, driver_memory="2g").get_session()
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def aiml_home(tmp_path, monkeypatch):
+    home = tmp_path / "aiml_home"
+    home.mkdir()
+    monkeypatch.setenv("AIML_HOME", str(home))
+    monkeypatch.setenv("AIML_ENV", "local")
+    load_settings.cache_clear()
+    yield home
+    load_settings.cache_clear()
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    with DagsterInstance.ephemeral(tempdir=str(dagster_home)) as inst:
+        yield inst

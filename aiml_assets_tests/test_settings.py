@@ -1,0 +1,85 @@
+"""Environment selection: AIML_ENV picks resources/<env>.yaml; bad files fail with file, field and expectation."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aiml_assets.settings import ENVIRONMENTS, RESOURCES_DIR, SettingsError, current_env, load_settings, parse_settings
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_environment_file_loads(env):
+    settings = load_settings(env)
+    assert settings.environment == env
+    assert settings.is_local == (env == "local")
+    assert (settings.databricks is None) == (env == "local")
+
+
+def test_default_environment_is_local(monkeypatch):
+    monkeypatch.delenv("AIML_ENV", raising=False)
+    assert current_env() == "local"
+
+
+def test_unknown_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("AIML_ENV", "staging")
+    with pytest.raises(SettingsError, match=r"AIML_ENV='staging' is not an environment; expected one of local, lab"):
+        current_env()
+
+
+def test_missing_file_names_the_file(tmp_path):
+    missing = tmp_path / "lab.yaml"
+    with pytest.raises(SettingsError, match=f"{missing}: environment file not found"):
+        parse_settings(missing)
+
+
+def _broken(tmp_path: Path, env: str, **changes) -> Path:
+    raw = yaml.safe_load((RESOURCES_DIR / f"{env}.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    path = tmp_path / f"{env}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("env", "change", "expected"),
+    [
+        ("lab", {"storage__retention_days": "ninety"}, r"storage\.retention_days: .*valid integer.*'ninety'"),
+        ("lab", {"storage__buckets": {"lab": "/tmp/lab"}}, r"storage: .*buckets\.lab: expected an s3:// URI"),
+        ("local", {"compute": "kubernetes"}, r"compute: Input should be 'local' or 'databricks'"),
+        ("lab", {"databricks": None}, r"databricks: required when compute is databricks"),
+        ("prod", {"catalog__aiml_catalog": "AIML Prod"}, r"catalog\.aiml_catalog: String should match pattern"),
+        ("uat", {"nexus__url": "ftp://nexus"}, r"nexus: .*url: expected an http\(s\):// URL"),
+        ("local", {"mlflow": None}, r"mlflow: Field required"),
+        ("local", {"spark__cores": 3}, r"spark\.cores: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_field_names_file_field_and_expectation(tmp_path, env, change, expected):
+    path = _broken(tmp_path, env, **change)
+    with pytest.raises(SettingsError) as info:
+        parse_settings(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid settings")
+    assert __import__("re").search(expected, message), message
+
+
+def test_file_for_another_environment_is_refused(tmp_path):
+    path = tmp_path / "prod.yaml"
+    path.write_text((RESOURCES_DIR / "lab.yaml").read_text())
+    with pytest.raises(SettingsError, match=r"prod\.yaml: environment: expected 'prod', got 'lab'"):
+        parse_settings(path, expected_env="prod")
+
+
+def test_not_a_mapping(tmp_path):
+    path = tmp_path / "local.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(SettingsError, match="expected a mapping of settings at the top level"):
+        parse_settings(path)

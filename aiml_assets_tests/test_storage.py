@@ -1,0 +1,77 @@
+"""The environment's buckets: local folders and S3 (real S3 semantics through moto) behave alike."""
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from aiml_assets.resources.storage import LocalStorage, S3Storage, StorageError
+
+BUCKETS = {"lab": "s3://buk-aiml-lab", "publication": "s3://buk-aiml-prod/cdp"}
+
+
+@pytest.fixture
+def s3_storage(monkeypatch):
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "eu-west-2"}.items():
+        monkeypatch.setenv(var, value)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-2")
+        for bucket in ("buk-aiml-lab", "buk-aiml-prod", "buk-aiml-uat"):
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        yield S3Storage(buckets=BUCKETS), s3
+
+
+@pytest.fixture
+def local_storage(tmp_path):
+    return LocalStorage(home=str(tmp_path), buckets={"lab": "buckets/lab", "publication": "buckets/prod/cdp"})
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request):
+    if request.param == "local":
+        return request.getfixturevalue("local_storage")
+    return request.getfixturevalue("s3_storage")[0]
+
+
+def test_put_get_list_delete_round_trip(storage):
+    storage.put("lab", "features/snapshot=2024-01-31/part-0.parquet", b"abc")
+    storage.put("lab", "features/snapshot=2024-02-29/part-0.parquet", b"defg")
+    storage.put("lab", "training/part-0.parquet", b"x")
+    assert storage.get("lab", "features/snapshot=2024-02-29/part-0.parquet") == b"defg"
+    listed = {o.key: o.size for o in storage.list("lab", "features/")}
+    assert listed == {"features/snapshot=2024-01-31/part-0.parquet": 3, "features/snapshot=2024-02-29/part-0.parquet": 4}
+    storage.delete("lab", "features/snapshot=2024-01-31/part-0.parquet")
+    assert [o.key for o in storage.list("lab", "features/")] == ["features/snapshot=2024-02-29/part-0.parquet"]
+
+
+def test_overwrite_replaces_whole_object(storage):
+    storage.put("publication", "v1/manifest.json", b"old contents")
+    storage.put("publication", "v1/manifest.json", b"new")
+    assert storage.get("publication", "v1/manifest.json") == b"new"
+
+
+def test_bucket_roles_outside_the_environment_are_refused(storage):
+    with pytest.raises(StorageError, match=r"no 'scoring' bucket; it has \['lab', 'publication'\]"):
+        storage.put("scoring", "x", b"1")
+
+
+@pytest.mark.parametrize("key", ["../other-bucket/x", "/etc/passwd", ""])
+def test_keys_cannot_escape_the_bucket(storage, key):
+    with pytest.raises(StorageError, match="expected a relative key inside the bucket"):
+        storage.put("lab", key, b"1")
+
+
+def test_s3_objects_land_in_the_configured_bucket_and_prefix(s3_storage):
+    storage, s3 = s3_storage
+    uri = storage.put("publication", "nba_propensity/v3/part-0.parquet", b"scores")
+    assert uri == "s3://buk-aiml-prod/cdp/nba_propensity/v3/part-0.parquet"
+    body = s3.get_object(Bucket="buk-aiml-prod", Key="cdp/nba_propensity/v3/part-0.parquet")["Body"].read()
+    assert body == b"scores"
+    assert s3.list_objects_v2(Bucket="buk-aiml-uat").get("KeyCount") == 0
+    assert [o.key for o in storage.list("publication")] == ["nba_propensity/v3/part-0.parquet"]
+
+
+def test_local_buckets_live_under_the_home(local_storage, tmp_path):
+    path = local_storage.put("lab", "a/b.bin", b"1")
+    assert path == str(tmp_path / "buckets" / "lab" / "a" / "b.bin")
+    assert not list((tmp_path / "buckets" / "lab" / "a").glob("tmp*"))  # atomic write left no temp file
