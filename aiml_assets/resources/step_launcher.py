@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from dagster import ResourceDefinition, resource
+from packaging.requirements import Requirement
 from dagster_databricks import databricks_pyspark_step_launcher
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
@@ -23,10 +24,18 @@ from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, Settings
 BUNDLE_CONTENTS = ("aiml_assets", "resources", "deployments/databricks", "pyproject.toml")
 
 
+# The Databricks Runtime brings its own Spark; a PyPI pyspark would shadow the cluster's.
+PROVIDED_BY_RUNTIME = {"pyspark"}
+
+
 def runtime_libraries() -> list[dict]:
     """The project's pinned runtime dependencies, as Databricks PyPI libraries."""
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    return [{"pypi": {"package": requirement}} for requirement in project["dependencies"]]
+    return [
+        {"pypi": {"package": requirement}}
+        for requirement in project["dependencies"]
+        if Requirement(requirement).name not in PROVIDED_BY_RUNTIME
+    ]
 
 
 def cluster_spec(settings: Settings) -> dict:
@@ -67,15 +76,20 @@ def bundle_code(target: Path) -> Path:
     return target
 
 
-@resource(
-    config_schema=databricks_pyspark_step_launcher.config_schema,
-    description="databricks_pyspark_step_launcher shipping a clean bundle of the aiml_assets code location",
-)
-def _bundled_step_launcher(context) -> DatabricksPySparkStepLauncher:
-    config = dict(context.resource_config)
-    config["local_pipeline_package_path"] = str(bundle_code(Path(tempfile.mkdtemp(prefix="aiml_assets_code_"))))
-    return DatabricksPySparkStepLauncher(**config)
-
-
 def databricks_step_launcher(settings: Settings) -> ResourceDefinition:
-    return _bundled_step_launcher.configured(launcher_config(settings))
+    host_env_var = settings.databricks.host_env_var
+
+    @resource(
+        config_schema=databricks_pyspark_step_launcher.config_schema,
+        description="databricks_pyspark_step_launcher shipping a clean bundle of the aiml_assets code location",
+    )
+    def bundled_step_launcher(context):
+        config = dict(context.resource_config)
+        # The remote step rebuilds this resource from the same config, so it needs the host's env var too (the
+        # host is not a secret; credentials come from the cluster's service principal).
+        config["env_variables"] = {**config["env_variables"], host_env_var: config["databricks_host"]}
+        with tempfile.TemporaryDirectory(prefix="aiml_assets_code_") as bundle:
+            config["local_pipeline_package_path"] = str(bundle_code(Path(bundle)))
+            yield DatabricksPySparkStepLauncher(**config)
+
+    return bundled_step_launcher.configured(launcher_config(settings))
