@@ -32,15 +32,29 @@ def seed(customers: int, seed_value: int, end_date: date) -> dict[str, int]:
     return seed_edp(catalog, customers=customers, seed=seed_value, end_date=end_date, products=settings.products)
 
 
+def main_job_tags() -> dict[str, str]:
+    """The latest `main_job_snapshots` snapshots, as one partition-range run (the assets' backfill policy)."""
+    from aiml_assets.definitions import main_job_for_current_env
+
+    settings = load_settings()
+    partitions = main_job_for_current_env().partitions_def
+    if partitions is None or settings.features is None:
+        return {}
+    keys = partitions.get_partition_keys()[-settings.features.main_job_snapshots:]
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
 def run_main_job() -> bool:
     from dagster import DagsterInstance, execute_job, reconstructable
 
     from aiml_assets.definitions import main_job_for_current_env
 
     prepare_instance()
+    tags = main_job_tags()
     with DagsterInstance.get() as instance:
-        result = execute_job(reconstructable(main_job_for_current_env), instance=instance)
-        print(f"main job run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+        result = execute_job(reconstructable(main_job_for_current_env), instance=instance, tags=tags)
+        scope = f" for snapshots {tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}" if tags else ""
+        print(f"main job run {result.run_id}{scope}: {'succeeded' if result.success else 'FAILED'}")
         return result.success
 
 

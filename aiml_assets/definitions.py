@@ -1,14 +1,27 @@
-"""The aiml_assets code location. `AIML_ENV` picks the environment; this module builds its Definitions."""
+"""The aiml_assets code location. `AIML_ENV` picks the environment; this module builds its Definitions.
+
+The graph reads like the HLD's data flow: EDP sources -> lab features -> training sets (-> models -> scores -> CDP,
+as those components land). Which parts an environment runs is its env file's `asset_groups`.
+"""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, JobDefinition, define_asset_job
+from dagster import AssetSelection, Definitions, JobDefinition, define_asset_job, in_process_executor, multiprocess_executor
 
+from aiml_assets.features.assets import lab_feature_assets
 from aiml_assets.resources.per_environment import build_resources
-from aiml_assets.settings import load_settings
-from aiml_assets.sources.edp import edp_source_products
+from aiml_assets.settings import Settings, load_settings
+from aiml_assets.sources.edp import EDP_CHECKS, edp_source_products
 
 MAIN_JOB = "main"
+
+
+def graph_for(settings: Settings) -> list:
+    components = {
+        "edp_sources": lambda: [edp_source_products, *EDP_CHECKS],
+        "lab_features": lambda: lab_feature_assets(settings),
+    }
+    return [node for group in settings.asset_groups for node in components[group]()]
 
 
 def build_definitions(env: str | None = None) -> Definitions:
@@ -16,12 +29,15 @@ def build_definitions(env: str | None = None) -> Definitions:
     main_job = define_asset_job(
         MAIN_JOB,
         selection=AssetSelection.all(include_sources=True),
-        description="Observe the EDP sources and materialize every asset of this environment.",
+        description="Observe the EDP sources, check them, and materialize every asset of this environment.",
     )
     return Definitions(
-        assets=[edp_source_products],
+        assets=graph_for(settings),  # asset checks are assets definitions too
         resources=build_resources(settings),
         jobs=[main_job],
+        # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step
+        # is its own Databricks run.
+        executor=in_process_executor if settings.is_local else multiprocess_executor,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from datetime import date
 from typing import Literal
 
 import yaml
@@ -100,6 +101,17 @@ class NexusSettings(_Strict):
         return self
 
 
+ASSET_GROUPS = ("edp_sources", "lab_features")
+
+
+class FeatureSettings(_Strict):
+    """Lab features: monthly snapshots (the first of each month) from `snapshot_start`."""
+
+    snapshot_start: date
+    label_window_days: int = Field(30, ge=1)
+    main_job_snapshots: int = Field(3, ge=1)  # how many of the latest snapshots the main job (re)builds
+
+
 class Settings(_Strict):
     environment: Literal["local", "lab", "uat", "prod"]
     compute: Literal["local", "databricks"]
@@ -110,11 +122,22 @@ class Settings(_Strict):
     mlflow: MlflowSettings
     nexus: NexusSettings
     products: list[str] = Field(min_length=1)
+    asset_groups: list[Literal[ASSET_GROUPS]] = Field(min_length=1)  # which parts of the graph this env runs
+    features: FeatureSettings | None = None
 
     @model_validator(mode="after")
     def _databricks_when_remote(self) -> Settings:
         if self.compute == "databricks" and self.databricks is None:
             raise ValueError("databricks: required when compute is databricks")
+        return self
+
+    @model_validator(mode="after")
+    def _lab_features_need_their_settings(self) -> Settings:
+        if "lab_features" in self.asset_groups:
+            if self.features is None:
+                raise ValueError("features: required when asset_groups has lab_features")
+            if "lab" not in self.storage.buckets or self.storage.retention_days is None:
+                raise ValueError("storage: lab_features need a lab bucket and retention_days")
         return self
 
     @property

@@ -35,3 +35,26 @@ def instance(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     with DagsterInstance.ephemeral(tempdir=str(dagster_home)) as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def seeded_edp(tmp_path_factory):
+    """A small local EDP seeded once per test session; tests point their own catalogs at its tables."""
+    from aiml_assets.edp.seed import seed_edp
+    from aiml_assets.resources.catalog import LocalCatalog
+
+    home = tmp_path_factory.mktemp("seeded_edp")
+    catalog = LocalCatalog(home=str(home))
+    seed_edp(catalog, customers=1500, seed=7, products=load_settings("local").products, log=lambda _: None)
+    return {name: catalog.location(name) for name in catalog.names()}
+
+
+@pytest.fixture
+def local_edp(aiml_home, seeded_edp):
+    """This test's own AIML home whose catalog names the session's seeded EDP tables."""
+    from aiml_assets.resources.catalog import LocalCatalog
+
+    catalog = LocalCatalog(home=str(aiml_home))
+    for name, location in seeded_edp.items():
+        catalog.register(name, location, owner="EDP")
+    return catalog

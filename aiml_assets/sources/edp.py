@@ -1,38 +1,31 @@
 """The four EDP data products we consume, as external assets observed through the catalog.
 
 EDP owns them; we never materialize them. An observation records what the UI should show of each: row count,
-latest event time and the Delta table version, which is also the asset's data version.
+latest event time and the Delta table version, which is also the asset's data version. Each has a blocking
+pandera check, so bad source data stops everything that reads it.
 """
 
 from __future__ import annotations
 
-import pyarrow as pa
-from dagster import (
-    AssetKey,
-    AssetSpec,
-    DataVersion,
-    MetadataValue,
-    ObserveResult,
-    TableColumn,
-    TableSchema,
-    multi_observable_source_asset,
-)
+from dagster import AssetKey, AssetSpec, DataVersion, MetadataValue, ObserveResult, multi_observable_source_asset
 from pyspark.sql import functions as F
 
-from aiml_assets.edp.seed import EDP_PRODUCTS
-from aiml_assets.resources.catalog import Catalog
-from aiml_assets.resources.spark import SparkResource
+from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.sources.schemas import SOURCE_MODELS
 
 EDP_GROUP = "edp_sources"
 EDP_OWNER = "team:edp"
+CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES = SOURCE_MODELS
 
-# The column that says when each product's rows happened, for the "latest event time" observation.
-EVENT_TIME = {
-    "edp.fdp.customers": "joined_date",
-    "edp.fdp.transactions": "transaction_ts",
-    "edp.cdp.product_holdings": "opened_date",
-    "edp.bdp.campaign_responses": "contact_date",
+DESCRIPTIONS = {
+    CUSTOMERS: "Customer master (FDP): one row per retail customer with demographics, segment and tenure",
+    TRANSACTIONS: "Card and direct-debit transactions of the customers' current accounts (FDP)",
+    HOLDINGS: "Customers' product holdings (CDP): cards, loans, mortgages, savings, insurance, ISAs",
+    RESPONSES: "Marketing campaign contacts per customer and product, with the response (BDP)",
 }
+# The column that says when each product's rows happened, for the "latest event time" observation.
+EVENT_TIME = {CUSTOMERS: "joined_date", TRANSACTIONS: "transaction_ts", HOLDINGS: "opened_date",
+              RESPONSES: "contact_date"}
 
 
 def asset_key(table_name: str) -> AssetKey:
@@ -40,42 +33,24 @@ def asset_key(table_name: str) -> AssetKey:
     return AssetKey(table_name.split("."))
 
 
-def table_name(key: AssetKey) -> str:
-    return ".".join(key.path)
-
-
-def table_schema(schema: pa.Schema, descriptions: dict[str, str]) -> TableSchema:
-    return TableSchema(
-        columns=[
-            TableColumn(field.name, str(field.type), description=descriptions.get(field.name))
-            for field in schema
-        ]
-    )
-
-
-def _spec(name: str, product) -> AssetSpec:
+def _spec(name: str) -> AssetSpec:
     return AssetSpec(
         key=asset_key(name),
         group_name=EDP_GROUP,
         owners=[EDP_OWNER],
         kinds={"unity-catalog", "delta"},
-        description=product.description,
-        tags={"edp_layer": product.layer},
-        metadata={
-            "dagster/table_name": name,
-            "dagster/column_schema": table_schema(product.schema, product.column_descriptions),
-        },
+        description=DESCRIPTIONS[name],
+        tags={"edp_layer": name.split(".")[1]},
+        metadata={"dagster/table_name": name, "dagster/column_schema": table_schema(SOURCE_MODELS[name])},
     )
 
 
-EDP_SPECS = [_spec(name, product) for name, product in EDP_PRODUCTS.items()]
-
-
-@multi_observable_source_asset(specs=EDP_SPECS, can_subset=True, name="edp_source_products")
-def edp_source_products(context, spark: SparkResource, catalog: Catalog):
-    session = spark.get_session()
+@multi_observable_source_asset(specs=[_spec(name) for name in SOURCE_MODELS], can_subset=True,
+                               required_resource_keys={"spark", "catalog"})
+def edp_source_products(context):
+    session, catalog = context.resources.spark.get_session(), context.resources.catalog
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-        name = table_name(key)
+        name = ".".join(key.path)
         version = catalog.version(name)
         stats = catalog.read(session, name).agg(
             F.count(F.lit(1)).alias("rows"), F.max(EVENT_TIME[name]).alias("latest")
@@ -88,6 +63,13 @@ def edp_source_products(context, spark: SparkResource, catalog: Catalog):
                 "dagster/row_count": MetadataValue.int(stats["rows"]),
                 "latest_event_time": MetadataValue.text(str(stats["latest"])),
                 "table_version": MetadataValue.int(version),
-                "table_name": MetadataValue.text(name),
             },
         )
+
+
+def _reader(name: str):
+    return lambda context: context.resources.catalog.read(context.resources.spark.get_session(), name)
+
+
+EDP_CHECKS = [pandera_check(asset_key(name), model, _reader(name), {"spark", "catalog"})
+              for name, model in SOURCE_MODELS.items()]

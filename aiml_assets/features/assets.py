@@ -1,0 +1,172 @@
+"""Lab feature assets: customer features and training sets per monthly snapshot, in the perishable lab bucket."""
+
+
+from datetime import date, timedelta
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    BackfillPolicy,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    MonthlyPartitionsDefinition,
+    asset,
+)
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from aiml_assets.features.customer_features import Sources, customer_features
+from aiml_assets.features.profile import profile_metadata
+from aiml_assets.features.schemas import customer_features_schema, training_set_schema
+from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.settings import Settings
+from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS, asset_key
+
+GROUP = "lab_features"
+FEATURES_KEY = AssetKey(["lab", "customer_features"])
+TRAINING_KEY = AssetKey(["lab", "training_set"])
+RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage"}
+
+
+class LabelWindowIncomplete(ValueError):
+    pass
+
+
+def read_sources(context) -> Sources:
+    spark, catalog = context.resources.spark.get_session(), context.resources.catalog
+    return Sources(*(catalog.read(spark, name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)))
+
+
+def _snapshots(context) -> list[date]:
+    return [date.fromisoformat(key) for key in context.partition_keys]
+
+
+def lab_table(settings: Settings, key: AssetKey) -> tuple[str, str]:
+    """(catalog name, key in the lab bucket) of a lab asset's Delta table."""
+    return f"{settings.catalog.aiml_catalog}.lab.{key.path[-1]}", key.path[-1]
+
+
+def _write_snapshot(context, settings: Settings, key: AssetKey, df: DataFrame, snapshot: date) -> int:
+    name, bucket_key = lab_table(settings, key)
+    location = context.resources.storage.uri("lab", bucket_key)
+    version = context.resources.tables.write(
+        df, location, run_id=context.run.run_id, partition_by=["snapshot_date"],
+        replace={"snapshot_date": snapshot.isoformat()},
+    )
+    context.resources.catalog.register(
+        name, location, owner="team:aiml", comment=f"{key.to_user_string()}: lab asset, perishable",
+        properties={"retention_days": settings.storage.retention_days, "dagster_asset": key.to_user_string()},
+    )
+    return version
+
+
+def _read_snapshots(context, settings: Settings, key: AssetKey, snapshots: list[date]) -> DataFrame:
+    name, _ = lab_table(settings, key)
+    table = context.resources.catalog.read(context.resources.spark.get_session(), name)
+    return table.filter(F.col("snapshot_date").isin(snapshots))
+
+
+def lab_feature_assets(settings: Settings) -> list:
+    features = settings.features
+    retention = settings.storage.retention_days
+    snapshots = MonthlyPartitionsDefinition(start_date=features.snapshot_start.isoformat())
+    common = dict(
+        group_name=GROUP,
+        partitions_def=snapshots,
+        backfill_policy=BackfillPolicy.single_run(),
+        freshness_policy=FreshnessPolicy.time_window(
+            fail_window=timedelta(days=retention), warn_window=timedelta(days=retention - 15)
+        ),
+        required_resource_keys=RESOURCES,
+        owners=["team:aiml"],
+        kinds={"spark", "delta"},
+    )
+    products = settings.products
+    feature_schema, training_schema = customer_features_schema(products), training_set_schema(products)
+
+    @asset(
+        key=FEATURES_KEY,
+        deps=[asset_key(name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)],
+        description="Per customer as of each snapshot: tenure, demographics, spend and recency over 30/90/365 "
+        "days, category shares, holdings, campaign contact; only from events strictly before the snapshot.",
+        metadata={"dagster/column_schema": table_schema(feature_schema),
+                  "dagster/table_name": lab_table(settings, FEATURES_KEY)[0]},
+        **common,
+    )
+    def customer_features_asset(context: AssetExecutionContext) -> MaterializeResult:
+        sources = read_sources(context)
+        versions = {}
+        for snapshot in _snapshots(context):
+            context.log.info(f"customer features as of {snapshot}: computing")
+            df = customer_features(sources, snapshot, products)
+            versions[snapshot.isoformat()] = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
+            context.log.info(f"customer features as of {snapshot}: written, table version {versions[snapshot.isoformat()]}")
+        written = _read_snapshots(context, settings, FEATURES_KEY, _snapshots(context))
+        used = sources.transactions.filter(
+            F.col("transaction_ts") < F.lit(max(_snapshots(context))).cast("timestamp")
+        ).filter(F.col("transaction_ts") >= F.lit(min(_snapshots(context)) - timedelta(days=365)).cast("timestamp"))
+        span = used.agg(F.min("transaction_ts").alias("lo"), F.max("transaction_ts").alias("hi")).first()
+        return MaterializeResult(metadata={
+            **profile_metadata(written, "snapshot_date"),
+            "table_versions": MetadataValue.json(versions),
+            "min_event_time_used": MetadataValue.text(str(span["lo"])),
+            "max_event_time_used": MetadataValue.text(str(span["hi"])),
+        })
+
+    @asset(
+        key=TRAINING_KEY,
+        deps=[FEATURES_KEY, asset_key(HOLDINGS), asset_key(TRANSACTIONS)],
+        description=f"Customer features joined with labels per product: was the product taken up within "
+        f"{features.label_window_days} days after the snapshot (customers already holding it are not eligible).",
+        metadata={"dagster/column_schema": table_schema(training_schema),
+                  "dagster/table_name": lab_table(settings, TRAINING_KEY)[0]},
+        **common,
+    )
+    def training_set_asset(context: AssetExecutionContext) -> MaterializeResult:
+        sources = read_sources(context)
+        horizon = sources.transactions.agg(F.max("transaction_ts")).first()[0].date() + timedelta(days=1)
+        window = timedelta(days=features.label_window_days)
+        for snapshot in _snapshots(context):
+            if snapshot + window > horizon:
+                raise LabelWindowIncomplete(
+                    f"{TRAINING_KEY.to_user_string()} {snapshot}: the {window.days}-day label window ends "
+                    f"{snapshot + window}, after the EDP data horizon {horizon}; labels would be incomplete"
+                )
+            rows = labelled(_read_snapshots(context, settings, FEATURES_KEY, [snapshot]), sources.holdings,
+                            snapshot, window, products)
+            _write_snapshot(context, settings, TRAINING_KEY, rows, snapshot)
+            context.log.info(f"training set as of {snapshot}: written")
+        written = _read_snapshots(context, settings, TRAINING_KEY, _snapshots(context))
+        per_product = written.groupBy("product_code").agg(F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate"))
+        stats = {r["product_code"]: (r["rows"], r["rate"]) for r in per_product.collect()}
+        return MaterializeResult(metadata={
+            "dagster/row_count": MetadataValue.int(sum(n for n, _ in stats.values())),
+            "rows_per_product": MetadataValue.json({p: n for p, (n, _) in sorted(stats.items())}),
+            "positive_rate_per_product": MetadataValue.json({p: round(r, 5) for p, (_, r) in sorted(stats.items())}),
+            "snapshots": MetadataValue.text(", ".join(context.partition_keys)),
+        })
+
+    def check(key: AssetKey, schema):
+        return pandera_check(
+            key, schema,
+            lambda context: _read_snapshots(context, settings, key, _snapshots(context)),
+            RESOURCES - {STEP_LAUNCHER_KEY}, partitions_def=snapshots,
+        )
+
+    return [customer_features_asset, training_set_asset,
+            check(FEATURES_KEY, feature_schema), check(TRAINING_KEY, training_schema)]
+
+
+def labelled(features: DataFrame, holdings: DataFrame, snapshot: date, window: timedelta, products: list[str]):
+    """One row per eligible (customer, product): label 1 if opened within [snapshot, snapshot + window)."""
+    product = F.col("product_code")
+    held = F.coalesce(*[F.when(product == p, F.col(f"holds_{p}")) for p in products])
+    offers = features.withColumn("product_code", F.explode(F.array(*[F.lit(p) for p in products]))).filter(held == 0)
+    start, end = F.lit(snapshot).cast("date"), F.lit(snapshot + window).cast("date")
+    taken = (
+        holdings.filter((F.col("opened_date") >= start) & (F.col("opened_date") < end))
+        .select("customer_id", "product_code").distinct().withColumn("label", F.lit(1))
+    )
+    return offers.join(taken, ["customer_id", "product_code"], "left").fillna(0, subset=["label"])

@@ -1,0 +1,70 @@
+"""What a feature table looks like, as materialization metadata: counts, null rates, a preview, distributions."""
+
+from __future__ import annotations
+
+import io
+
+from dagster import MetadataValue
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+PREVIEW_ROWS = 5
+QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95]
+
+
+def _numeric(df: DataFrame) -> list[str]:
+    return [f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)]
+
+
+def profile_metadata(df: DataFrame, partition_column: str) -> dict:
+    """Row counts per partition, null rate of every column and quantiles of numeric ones: one Spark job each."""
+    numeric = _numeric(df)
+    aggregates = [F.count(F.lit(1)).alias("_rows")]
+    aggregates += [F.avg(F.col(c).isNull().cast("double")).alias(f"null::{c}") for c in df.columns]
+    aggregates += [F.percentile_approx(c, QUANTILES, 1000).alias(f"q::{c}") for c in numeric]
+    totals = df.agg(*aggregates).first().asDict()
+    per_partition = {str(r[0]): r[1] for r in df.groupBy(partition_column).count().orderBy(partition_column).collect()}
+    quantiles = {c: totals[f"q::{c}"] for c in numeric}
+    preview = df.limit(PREVIEW_ROWS).toPandas()
+    return {
+        "dagster/row_count": MetadataValue.int(totals["_rows"]),
+        "rows_per_snapshot": MetadataValue.json(per_partition),
+        "null_rate": MetadataValue.json({c: round(totals[f"null::{c}"] or 0.0, 4) for c in df.columns}),
+        "preview": MetadataValue.md(preview.to_markdown(index=False) if len(preview) else "(no rows)"),
+        "distributions": MetadataValue.md(_distribution_table(quantiles)),
+        "distribution_plot": MetadataValue.md(_plot(quantiles)),
+    }
+
+
+def _distribution_table(quantiles: dict[str, list]) -> str:
+    header = "| feature | " + " | ".join(f"p{int(q * 100)}" for q in QUANTILES) + " |"
+    rule = "|---" * (len(QUANTILES) + 1) + "|"
+    rows = [f"| {c} | " + " | ".join(f"{v:,.2f}" for v in (values or [])) + " |" for c, values in quantiles.items()]
+    return "\n".join([header, rule, *rows])
+
+
+def _plot(quantiles: dict[str, list]) -> str:
+    """Box-style plot of every numeric feature's quantiles (scaled per feature), as an inline PNG."""
+    import base64
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c for c, v in quantiles.items() if v]
+    fig, ax = plt.subplots(figsize=(8, 0.25 * len(names) + 1))
+    for i, name in enumerate(names):
+        low, q1, median, q3, high = quantiles[name]
+        scale = (high - low) or 1.0
+        ax.plot([0, 1], [i, i], color="lightgray", linewidth=1)
+        ax.plot([(q1 - low) / scale, (q3 - low) / scale], [i, i], color="steelblue", linewidth=5)
+        ax.plot([(median - low) / scale], [i], "k|", markersize=10)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("position between p5 and p95 (per feature); bar p25-p75, tick median")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return f"![feature distributions](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"

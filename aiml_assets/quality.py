@@ -1,0 +1,210 @@
+"""Data quality: every asset's pandera.pyspark model, enforced by a blocking asset check.
+
+The pandera model is the one source of truth for an asset's columns (types, nullability, ranges, allowed values,
+key uniqueness) and also gives the asset's TableSchema metadata. pandera.pyspark validates the schema level itself
+(columns present, types) but runs one Spark job per data check; on a 50M-row table that costs more than the
+asset. So the model's data rules are compiled into Spark expressions and evaluated together in one aggregation,
+and only a failing rule costs one more small query, for a few example keys.
+
+Rules beyond pandera's built-in checks live in a column's `metadata`:
+  - `{"not_future": True}`: no value after the moment of validation (events cannot be in the future).
+"""
+
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandera.pyspark as pa
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    TableColumn,
+    TableColumnConstraints,
+    TableConstraints,
+    TableSchema,
+    asset_check,
+)
+from pandera.config import ValidationDepth, config_context
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Violation:
+    column: str
+    rule: str
+    failed_rows: int | None  # None for schema-level failures (a missing column, a wrong type)
+    examples: tuple[str, ...] = ()
+
+    def describe(self, total: int) -> str:
+        if self.failed_rows is None:
+            return f"column {self.column}: {self.rule}"
+        example = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
+        return f"column {self.column}: {self.rule} failed for {self.failed_rows} of {total} rows{example}"
+
+
+Model = type[pa.DataFrameModel] | pa.DataFrameSchema  # a class for fixed columns, a schema object for dynamic ones
+
+
+def as_schema(model: Model) -> pa.DataFrameSchema:
+    return model if isinstance(model, pa.DataFrameSchema) else model.to_schema()
+
+
+def table_schema(model: Model) -> TableSchema:
+    schema = as_schema(model)
+    keys = schema.unique or []
+    return TableSchema(
+        columns=[
+            TableColumn(
+                name,
+                column.dtype.type.simpleString(),
+                description=column.description,
+                constraints=TableColumnConstraints(nullable=column.nullable, unique=keys == [name],
+                                                   other=[rule_text(c) for c in column.checks]),
+            )
+            for name, column in schema.columns.items()
+        ],
+        constraints=TableConstraints(other=[f"unique ({', '.join(keys)})"] if keys else []),
+    )
+
+
+def rule_text(check: pa.Check) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in check.statistics.items() if v is not None)
+    return f"{check.name}({args})"
+
+
+def _violated(check: pa.Check, col: Column) -> Column:
+    """A pandera built-in check as a Spark condition that is TRUE for the rows violating it."""
+    s = check.statistics
+    if check.name == "in_range":
+        low = (col >= s["min_value"]) if s.get("include_min", True) else (col > s["min_value"])
+        high = (col <= s["max_value"]) if s.get("include_max", True) else (col < s["max_value"])
+        return ~(low & high)
+    rules: dict[str, Callable[[], Column]] = {
+        "equal_to": lambda: col != F.lit(s["value"]),
+        "not_equal_to": lambda: col == F.lit(s["value"]),
+        "greater_than": lambda: col <= F.lit(s["min_value"]),
+        "greater_than_or_equal_to": lambda: col < F.lit(s["min_value"]),
+        "less_than": lambda: col >= F.lit(s["max_value"]),
+        "less_than_or_equal_to": lambda: col > F.lit(s["max_value"]),
+        "isin": lambda: ~col.isin(list(s["allowed_values"])),
+        "notin": lambda: col.isin(list(s["forbidden_values"])),
+        "str_matches": lambda: ~col.rlike(f"^(?:{s['pattern']})"),
+        "str_startswith": lambda: ~col.startswith(s["string"]),
+    }
+    if check.name not in rules:
+        raise ValueError(f"pandera check {check.name} has no batched Spark form; add it to quality._violated")
+    return rules[check.name]()
+
+
+def _is_float(dtype) -> bool:
+    return isinstance(dtype, (T.DoubleType, T.FloatType))
+
+
+def _conditions(schema: pa.DataFrameSchema, df: DataFrame, valid_columns: set[str]) -> dict[tuple[str, str], Column]:
+    conditions: dict[tuple[str, str], Column] = {}
+    for name, column in schema.columns.items():
+        if name not in valid_columns:
+            continue
+        col = F.col(name)
+        if not column.nullable:
+            missing = col.isNull() | F.isnan(col) if _is_float(column.dtype.type) else col.isNull()
+            conditions[(name, "not_null" + (" (no NaN)" if _is_float(column.dtype.type) else ""))] = missing
+        elif _is_float(column.dtype.type):
+            conditions[(name, "no NaN")] = F.isnan(col)
+        for check in column.checks:
+            conditions[(name, rule_text(check))] = _violated(check, col) & col.isNotNull()
+        if (column.metadata or {}).get("not_future"):
+            now = F.current_timestamp() if isinstance(column.dtype.type, T.TimestampType) else F.current_date()
+            conditions[(name, "not in the future")] = col > now
+    return conditions
+
+
+def _schema_violations(schema: pa.DataFrameSchema, df: DataFrame) -> list[Violation]:
+    """pandera's own schema-level validation (columns present, types). It needs only the schema, so it gets no
+    rows: its per-column nullability jobs then cost nothing, and the batched pass below counts nulls instead."""
+    with config_context(validation_depth=ValidationDepth.SCHEMA_ONLY):
+        validated = schema.validate(df.limit(0))
+    violations = []
+    for reasons in validated.pandera.errors.get("SCHEMA", {}).values():
+        for error in reasons:
+            detail = re.sub(r" (Row\(.*|None)$", "", str(error["error"]), flags=re.S)  # pandera appends a row
+            violations.append(Violation(error["column"], f"{error['check']}: {detail}", None))
+    return violations
+
+
+def _describe_row(row, columns: list[str] | None = None) -> str:
+    values = row.asDict()
+    return ", ".join(f"{k}={values[k]}" for k in (columns or values))
+
+
+def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
+    """Row count and every violation of `model` in `df`, in one Spark job (plus one per failing rule)."""
+    schema = as_schema(model)
+    violations = _schema_violations(schema, df)
+    expected = {name: column.dtype.type for name, column in schema.columns.items()}
+    valid = {f.name for f in df.schema.fields if f.name in expected and f.dataType == expected[f.name]}
+    conditions = _conditions(schema, df, valid)
+    keys = [k for k in (schema.unique or []) if k in valid]
+    aggregates = [F.count(F.lit(1)).alias("rows")]
+    aggregates += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"c{i}") for i, cond in enumerate(conditions.values())]
+    if keys:
+        aggregates.append(F.countDistinct(*keys).alias("distinct_keys"))
+    totals = df.agg(*aggregates).first()
+    rows = totals["rows"]
+    if rows == 0:
+        violations.append(Violation("(all)", "not empty: the table has no rows", None))
+    for i, ((column, rule), cond) in enumerate(conditions.items()):
+        failed = totals[f"c{i}"] or 0
+        if failed:
+            sample = df.filter(cond).select(*(keys or [column])).limit(EXAMPLES).collect()
+            violations.append(Violation(column, rule, failed, tuple(_describe_row(row) for row in sample)))
+    if keys and totals["distinct_keys"] != rows:
+        duplicates = df.groupBy(*keys).count().filter("count > 1")
+        sample = tuple(_describe_row(row, keys) for row in duplicates.limit(EXAMPLES).collect())
+        violations.append(Violation(",".join(keys), "unique", rows - totals["distinct_keys"], sample))
+    return rows, violations
+
+
+def failure_message(asset: AssetKey, rows: int, violations: list[Violation]) -> str:
+    lines = [v.describe(rows) for v in violations]
+    return f"{asset.to_user_string()} failed its pandera schema:\n  " + "\n  ".join(lines)
+
+
+def pandera_check(
+    asset: AssetKey,
+    model: Model,
+    read: Callable[[AssetCheckExecutionContext], DataFrame],
+    required_resource_keys: set[str],
+    partitions_def=None,
+):
+    """A blocking asset check enforcing `model` on what `read` returns; a failure stops everything downstream."""
+    name = as_schema(model).name
+
+    @asset_check(
+        asset=asset,
+        name=f"{name}_schema",
+        blocking=True,
+        description=f"pandera schema {name}: types, nullability, ranges, allowed values, unique keys",
+        required_resource_keys=required_resource_keys,
+        partitions_def=partitions_def,
+    )
+    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        rows, violations = validate(model, read(context))
+        metadata = {"rows": MetadataValue.int(rows), "violations": MetadataValue.int(len(violations))}
+        if violations:
+            message = failure_message(asset, rows, violations)
+            context.log.error(message)
+            metadata["failures"] = MetadataValue.md("\n".join(f"- {v.describe(rows)}" for v in violations))
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=message,
+                                    metadata=metadata)
+        return AssetCheckResult(passed=True, metadata=metadata)
+
+    return _check
