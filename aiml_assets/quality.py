@@ -130,8 +130,13 @@ def _conditions(schema: pa.DataFrameSchema, df: DataFrame, valid_columns: set[st
 def _schema_violations(schema: pa.DataFrameSchema, df: DataFrame) -> list[Violation]:
     """pandera's own schema-level validation (columns present, types). It needs only the schema, so it gets no
     rows: its per-column nullability jobs then cost nothing, and the batched pass below counts nulls instead."""
-    with config_context(validation_depth=ValidationDepth.SCHEMA_ONLY):
-        validated = schema.validate(df.limit(0))
+    try:
+        with config_context(validation_depth=ValidationDepth.SCHEMA_ONLY):
+            validated = schema.validate(df.limit(0))
+    except TypeError as exc:  # pandera cannot even map a column's type (e.g. an all-null NullType column)
+        actual = dict((f.name, f.dataType) for f in df.schema.fields)
+        return [Violation(name, f"dtype: expected {column.dtype.type}, got {actual.get(name)} ({exc})", None)
+                for name, column in schema.columns.items() if actual.get(name) != column.dtype.type]
     violations = []
     for reasons in validated.pandera.errors.get("SCHEMA", {}).values():
         for error in reasons:

@@ -59,3 +59,51 @@ def test_broken_environment_file_stops_the_code_location_loading(tmp_path):
     assert result.returncode != 0
     assert "AIML_ENV='qa' is not an environment" in result.stdout + result.stderr
 
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_asset_has_a_blocking_pandera_check(env, aiml_home):
+    graph = build_definitions(env).resolve_asset_graph()
+    checked = {key.asset_key for key in graph.asset_check_keys if key.name.endswith("_schema")}
+    assert set(graph.get_all_asset_keys()) == checked
+    for key in graph.asset_check_keys:
+        assert graph.get_check_spec(key).blocking, key
+
+
+@pytest.mark.parametrize("env", ["local", "lab"])
+def test_every_lab_asset_carries_the_retention_freshness_policy(env, aiml_home):
+    from datetime import timedelta
+
+    from aiml_assets.settings import load_settings
+
+    retention = load_settings(env).storage.retention_days
+    graph = build_definitions(env).resolve_asset_graph()
+    lab = [key for key in graph.get_all_asset_keys() if key.path[0] == "lab"]
+    assert lab
+    for key in lab:
+        policy = graph.get(key).freshness_policy
+        assert policy.fail_window.to_timedelta() == timedelta(days=retention), key
+        assert policy.warn_window.to_timedelta() == timedelta(days=retention - 15), key
+
+
+def test_asset_groups_follow_the_env_file(aiml_home):
+    def groups_of(env):
+        graph = build_definitions(env).resolve_asset_graph()
+        return {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+
+    groups = {env: groups_of(env) for env in ENVIRONMENTS}
+    assert groups["local"] == groups["lab"] == {"edp_sources", "lab_features"}
+    assert groups["uat"] == groups["prod"] == {"edp_sources"}  # lab data never exists outside the lab
+
+
+def test_seeded_products_match_their_pandera_contracts():
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from aiml_assets.edp.seed import EDP_PRODUCTS
+    from aiml_assets.sources.schemas import SOURCE_MODELS
+
+    assert set(EDP_PRODUCTS) == set(SOURCE_MODELS)
+    for name, model in SOURCE_MODELS.items():
+        seeded = from_arrow_schema(EDP_PRODUCTS[name].schema, prefer_timestamp_ntz=False)
+        expected = {col: c.dtype.type for col, c in model.to_schema().columns.items()}
+        assert {f.name: f.dataType for f in seeded.fields} == expected, name

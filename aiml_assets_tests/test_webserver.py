@@ -81,6 +81,10 @@ def test_webserver_serves_the_asset_graph(webserver):
         assert "unity-catalog" in node["kinds"]
         assert {"team": "edp"} in node["owners"]
         assert node["dependencyKeys"] == []  # EDP products are the roots of the lineage
+    # the lineage the HLD draws: EDP products -> lab features -> training set
+    assert sources <= {"/".join(d["path"]) for d in by_key["lab/customer_features"]["dependencyKeys"]}
+    assert "lab/customer_features" in {"/".join(d["path"]) for d in by_key["lab/training_set"]["dependencyKeys"]}
+    assert by_key["lab/customer_features"]["groupName"] == "lab_features"
     # every dependency edge the server reports points at a node it also serves
     for node in nodes:
         for dep in node["dependencyKeys"] + node["dependedByKeys"]:
