@@ -76,8 +76,7 @@ class StorageSettings(_Strict):
 class CatalogSettings(_Strict):
     """Unity Catalog remotely; locally a persistent catalog that maps the same three-level names."""
 
-    kind: Literal["local", "unity"]
-    edp_catalog: str = "edp"
+    kind: Literal["local", "unity"]  # EDP products keep EDP's own names (edp.fdp.customers, ...)
     aiml_catalog: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
 
 
