@@ -3,8 +3,8 @@
 The pandera model is the one source of truth for an asset's columns (types, nullability, ranges, allowed values,
 key uniqueness) and also gives the asset's TableSchema metadata. pandera.pyspark validates the schema level itself
 (columns present, types) but runs one Spark job per data check; on a 50M-row table that costs more than the
-asset. So the model's data rules are compiled into Spark expressions and evaluated together in one aggregation,
-and only a failing rule costs one more small query, for a few example keys.
+asset. So the model's row rules are compiled into Spark expressions and evaluated together in one aggregation,
+key uniqueness in one key-only group-by, and only a failing rule costs one more small query for example keys.
 
 Rules beyond pandera's built-in checks live in a column's `metadata`:
   - `{"not_future": True}`: no value after the moment of validation (events cannot be in the future).
@@ -128,11 +128,12 @@ def _conditions(schema: pa.DataFrameSchema, df: DataFrame, valid_columns: set[st
 
 
 def _schema_violations(schema: pa.DataFrameSchema, df: DataFrame) -> list[Violation]:
-    """pandera's own schema-level validation (columns present, types). It needs only the schema, so it gets no
-    rows: its per-column nullability jobs then cost nothing, and the batched pass below counts nulls instead."""
+    """pandera's own schema-level validation: columns present, types. Nullability is left to the batched pass
+    (pandera would run a Spark job per column for it), so pandera sees a copy that allows nulls and no rows."""
+    structure = schema.update_columns({name: {"nullable": True} for name in schema.columns})
     try:
         with config_context(validation_depth=ValidationDepth.SCHEMA_ONLY):
-            validated = schema.validate(df.limit(0))
+            validated = structure.validate(df.limit(0))
     except TypeError as exc:  # pandera cannot even map a column's type (e.g. an all-null NullType column)
         actual = dict((f.name, f.dataType) for f in df.schema.fields)
         return [Violation(name, f"dtype: expected {column.dtype.type}, got {actual.get(name)} ({exc})", None)
@@ -151,7 +152,12 @@ def _describe_row(row, columns: list[str] | None = None) -> str:
 
 
 def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
-    """Row count and every violation of `model` in `df`, in one Spark job (plus one per failing rule)."""
+    """Row count and every violation of `model` in `df`.
+
+    Two Spark jobs: one aggregation for every row rule, and one key-only group-by for uniqueness (a distinct
+    count inside the big aggregation would make Spark expand every row). A failing rule costs one more small
+    query for a few example keys.
+    """
     schema = as_schema(model)
     violations = _schema_violations(schema, df)
     expected = {name: column.dtype.type for name, column in schema.columns.items()}
@@ -160,8 +166,6 @@ def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
     keys = [k for k in (schema.unique or []) if k in valid]
     aggregates = [F.count(F.lit(1)).alias("rows")]
     aggregates += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"c{i}") for i, cond in enumerate(conditions.values())]
-    if keys:
-        aggregates.append(F.countDistinct(*keys).alias("distinct_keys"))
     totals = df.agg(*aggregates).first()
     rows = totals["rows"]
     if rows == 0:
@@ -171,10 +175,12 @@ def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
         if failed:
             sample = df.filter(cond).select(*(keys or [column])).limit(EXAMPLES).collect()
             violations.append(Violation(column, rule, failed, tuple(_describe_row(row) for row in sample)))
-    if keys and totals["distinct_keys"] != rows:
-        duplicates = df.groupBy(*keys).count().filter("count > 1")
-        sample = tuple(_describe_row(row, keys) for row in duplicates.limit(EXAMPLES).collect())
-        violations.append(Violation(",".join(keys), "unique", rows - totals["distinct_keys"], sample))
+    if keys and rows:
+        duplicates = df.groupBy(*keys).agg(F.count(F.lit(1)).alias("n")).filter("n > 1")
+        extra = duplicates.agg(F.sum(F.col("n") - 1)).first()[0]
+        if extra:
+            sample = tuple(_describe_row(row, keys) for row in duplicates.limit(EXAMPLES).collect())
+            violations.append(Violation(",".join(keys), "unique", extra, sample))
     return rows, violations
 
 
