@@ -73,6 +73,7 @@ class TreeSampler(threading.Thread):
         self.peak_by_kind: dict[str, int] = {}
         self.samples = 0
         self.cpu_by_pid: dict[int, float] = {}  # last seen CPU seconds of every process of the tree
+        self.series: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds of the tree so far)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -94,6 +95,7 @@ class TreeSampler(threading.Thread):
                 total += rss
                 kind = "java" if comm.startswith("java") else "python" if comm.startswith("python") else "other"
                 kinds[kind] = kinds.get(kind, 0) + rss
+            self.series.append((time.time(), sum(self.cpu_by_pid.values())))
             self.peak_total = max(self.peak_total, total)
             for kind, rss in kinds.items():
                 self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
@@ -103,6 +105,14 @@ class TreeSampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+
+def _machine_cpu_s() -> float:
+    """CPU seconds all processes of the machine have used so far (busy time from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICK
 
 
 def _parse_time_v(path: Path) -> dict:
@@ -129,7 +139,7 @@ def run_phase(name: str, cmd: list[str], env: dict, log: Path, timeout: float | 
     time_file = log.with_suffix(".time")
     full = [TIME_BIN, "-v", "-o", str(time_file), *cmd]
     print(f"  [{name}] {' '.join(cmd)}  (log: {log})", flush=True)
-    started = time.perf_counter()
+    started, machine_cpu, load = time.perf_counter(), _machine_cpu_s(), os.getloadavg()[0]
     with open(log, "w") as out:
         proc = subprocess.Popen(full, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
                                 start_new_session=True)
@@ -149,9 +159,11 @@ def run_phase(name: str, cmd: list[str], env: dict, log: Path, timeout: float | 
         finally:
             sampler.stop()
     wall = time.perf_counter() - started
-    result = {"phase": name, "rc": rc, "wall_s": wall, "timed_out": timed_out,
+    machine_cpu = _machine_cpu_s() - machine_cpu
+    result = {"machine_cpu_s": machine_cpu, "load_before": load, "load_after": os.getloadavg()[0], "phase": name, "rc": rc, "wall_s": wall, "timed_out": timed_out,
               "peak_tree_rss": sampler.peak_total, "peak_rss_by_kind": sampler.peak_by_kind,
               "rss_samples": sampler.samples, "cpu_tree_s": sum(sampler.cpu_by_pid.values()),
+              "cpu_series": [(round(t, 2), round(c, 2)) for t, c in sampler.series],
               **_parse_time_v(time_file)}
     if rc != 0:
         result["log_tail"] = log.read_text(errors="replace").splitlines()[-40:]
@@ -177,7 +189,7 @@ def _spark_jobs() -> dict:
     for i in range(jobs_seq.size()):
         j = jobs_seq.apply(i)
         stage_ids = [j.stageIds().apply(k) for k in range(j.stageIds().size())]
-        stages = {"input_bytes": 0, "input_records": 0, "shuffle_write_bytes": 0, "spill_memory_bytes": 0,
+        stages = {"input_bytes": 0, "input_records": 0, "cpu_ms": 0, "shuffle_write_bytes": 0, "spill_memory_bytes": 0,
                   "spill_disk_bytes": 0, "gc_ms": 0, "run_ms": 0, "tasks": 0, "skipped_stages": 0}
         for sid in stage_ids:
             try:
@@ -194,6 +206,7 @@ def _spark_jobs() -> dict:
             stages["spill_disk_bytes"] += s.diskBytesSpilled()
             stages["gc_ms"] += s.jvmGcTime()
             stages["run_ms"] += s.executorRunTime()
+            stages["cpu_ms"] += s.executorCpuTime() / 1e6
             stages["tasks"] += s.numTasks()
         submitted = j.submissionTime().get().getTime() / 1000 if j.submissionTime().isDefined() else None
         completed = j.completionTime().get().getTime() / 1000 if j.completionTime().isDefined() else None
@@ -221,8 +234,23 @@ def _classify(asset: str, check: str | None) -> str:
     return {"lab/customer_features": "features", "lab/training_set": "training"}.get(asset, "source_observation")
 
 
+def code_fingerprint() -> dict:
+    """Which code ran: git HEAD and a hash of the package's sources (others may be editing them meanwhile)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted((PROJECT_ROOT / "aiml_assets").rglob("*.py")) + sorted((PROJECT_ROOT / "resources").glob("*.yaml"))
+    for f in files:
+        digest.update(str(f.relative_to(PROJECT_ROOT)).encode() + b"\0" + f.read_bytes())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return {"sources_sha256": digest.hexdigest()[:12], "git_head": head.stdout.strip() or None,
+            "newest_source": max(datetime.fromtimestamp(f.stat().st_mtime, timezone.utc) for f in files)
+            .strftime("%H:%M:%S UTC")}
+
+
 def job_main(args: argparse.Namespace) -> int:
     """In the job subprocess: AIML_HOME and DAGSTER_HOME are the benchmark's temp dirs."""
+    fingerprint = code_fingerprint()  # before the imports: the code this process runs
     from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
     from aiml_assets.cli import prepare_instance
@@ -237,7 +265,7 @@ def job_main(args: argparse.Namespace) -> int:
         tags = {"dagster/partition": snapshot}
     else:  # what `aiml run-local` does, for a one-snapshot range
         tags = {"dagster/asset_partition_range_start": snapshot, "dagster/asset_partition_range_end": snapshot}
-    out: dict = {"snapshot": snapshot, "tags": tags, "pid": os.getpid()}
+    out: dict = {"snapshot": snapshot, "tags": tags, "pid": os.getpid(), "code": fingerprint}
     started = time.perf_counter()
     try:
         with DagsterInstance.get() as instance:
@@ -291,7 +319,7 @@ def job_main(args: argparse.Namespace) -> int:
             mine = [j for j in out["spark"]["jobs"] if lo and hi and j["submitted"] and lo <= j["submitted"] <= hi]
             step["spark_jobs"] = len(mine)
             for key in ("input_bytes", "input_records", "shuffle_write_bytes", "spill_memory_bytes",
-                        "spill_disk_bytes", "gc_ms", "run_ms"):
+                        "spill_disk_bytes", "gc_ms", "run_ms", "cpu_ms"):
                 step[key] = sum(j[key] for j in mine)
             step["spark_job_names"] = [j["name"] for j in mine]
     except Exception as exc:  # noqa: BLE001 - e.g. the JVM died
@@ -304,6 +332,28 @@ def job_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # One size, all sizes, the report
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_at(series: list, t: float) -> float:
+    """The tree's CPU seconds at time t, interpolated between samples."""
+    before = [(a, c) for a, c in series if a <= t] or [series[0]]
+    after = [(a, c) for a, c in series if a >= t] or [series[-1]]
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25, window: float = 10.0) -> float:
+    """Wait (up to max_wait s) until the machine's busy CPU over `window` s is below `threshold` cores."""
+    started = time.perf_counter()
+    while True:
+        before = _machine_cpu_s()
+        time.sleep(window)
+        busy = (_machine_cpu_s() - before) / window
+        waited = time.perf_counter() - started
+        if busy < threshold or waited >= max_wait:
+            if waited > window:
+                print(f"  waited {waited:.0f}s for a quiet machine (now {busy:.2f} cores busy)", flush=True)
+            return waited
 
 
 def bench_size(customers: int, args: argparse.Namespace, run_dir: Path) -> dict:
@@ -319,18 +369,27 @@ def bench_size(customers: int, args: argparse.Namespace, run_dir: Path) -> dict:
     print(f"== {customers} customers (AIML_HOME={env['AIML_HOME']})", flush=True)
     try:
         aiml = str(Path(sys.executable).parent / "aiml")
+        if args.wait_quiet:
+            result["seed_waited_s"] = wait_quiet(args.wait_quiet)
         result["seed"] = run_phase("seed", [aiml, "seed-edp", "--customers", str(customers), "--seed", str(args.seed)],
                                    env, run_dir / f"{customers}-seed.log", args.phase_timeout)
         result["data_bytes"] = sum(f.stat().st_size for f in (tmp / "aiml").rglob("*") if f.is_file())
         if result["seed"]["rc"] != 0:
             return result
         job_json = run_dir / f"{customers}-job.json"
+        if args.wait_quiet:
+            result["job_waited_s"] = wait_quiet(args.wait_quiet)
         result["job"] = run_phase(
             "job", [sys.executable, str(Path(__file__).resolve()), "_job", "--out", str(job_json),
                     "--snapshot", args.snapshot, "--partition-mode", args.partition_mode],
             env, run_dir / f"{customers}-job.log", args.phase_timeout)
         if job_json.exists():
             result["job_detail"] = json.loads(job_json.read_text())
+            series = result["job"].pop("cpu_series", [])
+            for step in result["job_detail"].get("steps", []):
+                if step.get("start") and step.get("end") and series:
+                    step["tree_cpu_s"] = _cpu_at(series, step["end"]) - _cpu_at(series, step["start"])
+        result.get("seed", {}).pop("cpu_series", None)
     finally:
         result["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         if args.keep:
@@ -356,6 +415,14 @@ def _num(x) -> str:
     return "-" if x is None else f"{int(x):,}"
 
 
+def _foreign(phase: dict | None) -> str:
+    """CPU used by processes outside the phase's tree while it ran: other work competing for the cores."""
+    if not phase or "machine_cpu_s" not in phase:
+        return "-"
+    other = max(0.0, phase["machine_cpu_s"] - phase["cpu_tree_s"])
+    return f"{other:,.0f} ({other / phase['wall_s']:.2f} cores)"
+
+
 def _cpu(phase: dict | None) -> str:
     if not phase or not phase.get("wall_s") or "cpu_tree_s" not in phase:
         return "-"
@@ -369,11 +436,14 @@ def _steps(r: dict) -> dict[str, dict]:
         kind = step["kind"]
         keys = [kind] + (["source_checks"] if kind.startswith("source_check:") else [])
         for key in keys:
-            m = merged.setdefault(key, {"duration_ms": 0, "spark_jobs": 0, "input_bytes": 0, "spill_disk_bytes": 0,
-                                        "spill_memory_bytes": 0, "gc_ms": 0, "status": "success", "n": 0})
+            m = merged.setdefault(key, {"duration_ms": 0, "spark_jobs": 0, "input_records": 0, "spill_disk_bytes": 0,
+                                        "shuffle_write_bytes": 0, "gc_ms": 0, "cpu_ms": 0, "tree_cpu_s": 0.0,
+                                        "status": "success", "n": 0})
             m["n"] += 1
+            m["has_cpu"] = m.get("has_cpu", False) or "tree_cpu_s" in step
             m["duration_ms"] += step.get("duration_ms") or 0
-            for k in ("spark_jobs", "input_bytes", "spill_disk_bytes", "spill_memory_bytes", "gc_ms"):
+            for k in ("spark_jobs", "input_records", "spill_disk_bytes", "shuffle_write_bytes", "gc_ms", "cpu_ms",
+                      "tree_cpu_s"):
                 m[k] += step.get(k) or 0
             if step.get("status") != "success":
                 m["status"] = step.get("status", "not run")
@@ -421,17 +491,20 @@ def _call_sites(r: dict, top: int = 12) -> list[str]:
         if "CompletableFuture" in name:  # submitted from a JVM thread (AQE query stages): no Python call site
             name = "(AQE query stage, async)"
         name = name.replace(str(PROJECT_ROOT) + "/", "")
-        g = groups.setdefault((step, name), {"n": 0, "s": 0.0, "read": 0, "spill": 0, "gc": 0})
+        g = groups.setdefault((step, name), {"n": 0, "s": 0.0, "read": 0, "shuffle": 0, "spill": 0, "gc": 0})
         g["n"] += 1
         g["s"] += (j["completed"] or j["submitted"]) - j["submitted"] if j["submitted"] else 0
-        g["read"] += j["input_bytes"]
+        g["read"] += j["input_records"]
+        g["shuffle"] += j["shuffle_write_bytes"]
         g["spill"] += j["spill_disk_bytes"]
         g["gc"] += j["gc_ms"]
     ranked = sorted(groups.items(), key=lambda kv: -kv[1]["s"])[:top]
     lines = ["", f"## Spark jobs of the {r['customers']:,}-customer run by call site (top {top} by job time)", "",
-             "| step | call site | jobs | job time (s) | read MiB | spill MiB | GC s |", "|---|---|---|---|---|---|---|"]
+             "| step | call site | jobs | job time (s) | rows read (M) | shuffle write MiB | disk spill MiB | GC s |",
+             "|---|---|---|---|---|---|---|---|"]
     for (step, name), g in ranked:
-        lines.append(f"| {step} | `{name}` | {g['n']} | {g['s']:,.1f} | {_mib(g['read'])} | {_mib(g['spill'])} | "
+        lines.append(f"| {step} | `{name}` | {g['n']} | {g['s']:,.1f} | {g['read'] / 1e6:,.1f} | {_mib(g['shuffle'])} | "
+                     f"{_mib(g['spill'])} | "
                      f"{g['gc'] / 1000:,.1f} |")
     return lines
 
@@ -478,6 +551,8 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         row("seed: CPU s (tree) / cores busy", [_cpu(r.get("seed")) for r in results]),
         row("job: wall incl. JVM start (s)", [_s(get(r, "job", "wall_s")) for r in results]),
         row("job: CPU s (tree) / cores busy", [_cpu(r.get("job")) for r in results]),
+        row("seed / job: other processes' CPU s meanwhile (contention)", [f"{_foreign(r.get('seed'))} / {_foreign(r.get('job'))}"
+                                                             for r in results]),
         row("job: `execute_job` (s)", [_s(get(r, "job_detail", "execute_job_s")) for r in results]),
         row("job: peak RSS tree / largest (GiB)",
             [f"{_gib(get(r, 'job', 'peak_tree_rss'))} / {_gib(get(r, 'job', 'maxrss_largest_process'))}"
@@ -486,23 +561,35 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
             [f"{_gib(get(r, 'job', 'peak_rss_by_kind', 'java'))} / {_gib(get(r, 'job', 'peak_rss_by_kind', 'python'))}"
              for r in results]),
         row("job: succeeded", [str(get(r, "job_detail", "success")) for r in results]),
+        row("code measured (sources sha256, git HEAD, newest source file)",
+            [f"`{get(r, 'job_detail', 'code', 'sources_sha256')}` {get(r, 'job_detail', 'code', 'git_head')} "
+             f"{get(r, 'job_detail', 'code', 'newest_source')}" for r in results]),
         row("Spark jobs in the run", [_num(len(get(r, "job_detail", "spark", "jobs") or [])) for r in results]),
         row("**total wall (s)**", [_s((get(r, "seed", "wall_s") or 0) + (get(r, "job", "wall_s") or 0))
                                    for r in results]),
         "",
-        "## Dagster steps (STEP_SUCCESS duration, s; Spark jobs, input read, disk spill, GC attributed by time)",
+        "## Dagster steps", "", "Wall seconds per step (STEP_SUCCESS duration from the event log)",
         "", head, rule,
     ]
     for kind, label in STEP_ORDER:
         lines.append(row(label, [
             (f"{st[kind]['duration_ms'] / 1000:,.1f}" + ("" if st[kind]["status"] == "success" else f" ({st[kind]['status']})"))
             if kind in st else "-" for st in steps]))
+    lines += ["", "CPU seconds per step: the whole process tree (Python + JVM, from the /proc samples) / Spark tasks "
+              "only (executorCpuTime). Unlike wall time, these barely change when other processes compete for the "
+              "cores.", "", head, rule]
+    for kind, label in STEP_ORDER:
+        lines.append(row(label, [f"{st[kind]['tree_cpu_s']:,.1f} / {st[kind]['cpu_ms'] / 1000:,.1f}"
+                                 if kind in st and st[kind]["has_cpu"] else "-" for st in steps]))
+    lines += ["", "Spark jobs started during each step: jobs / rows read (M) / shuffle write MiB / disk spill MiB / "
+              "JVM GC s", "", head, rule]
     for kind, label in STEP_ORDER:
         if kind.startswith("source_check:"):
             continue
-        lines.append(row(f"{label.strip('*')}: Spark jobs / read MiB / spill MiB / GC s", [
-            f"{st[kind]['spark_jobs']} / {_mib(st[kind]['input_bytes'])} / {_mib(st[kind]['spill_disk_bytes'])} / "
-            f"{st[kind]['gc_ms'] / 1000:,.1f}" if kind in st else "-" for st in steps]))
+        lines.append(row(label, [
+            f"{st[kind]['spark_jobs']} / {st[kind]['input_records'] / 1e6:,.1f} / {_mib(st[kind]['shuffle_write_bytes'])}"
+            f" / {_mib(st[kind]['spill_disk_bytes'])} / {st[kind]['gc_ms'] / 1000:,.1f}" if kind in st else "-"
+            for st in steps]))
     lines += ["", "## Row counts", "", head, rule]
     for asset in ("edp/fdp/customers", TXN, "edp/cdp/product_holdings", "edp/bdp/campaign_responses",
                   "lab/customer_features", "lab/training_set"):
@@ -530,7 +617,11 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         if a not in st or b not in st or not st[b]["duration_ms"]:
             return "-"
         value = st[a]["duration_ms"] / st[b]["duration_ms"]
-        return f"{value:.2f}" + (" ✓" if value < 1 else " ✗")
+        text = f"{value:.2f}" + (" ✓" if value < 1 else " ✗")
+        if st[b]["tree_cpu_s"]:
+            cpu = st[a]["tree_cpu_s"] / st[b]["tree_cpu_s"]
+            text += f" / {cpu:.2f}" + (" ✓" if cpu < 1 else " ✗")
+        return text
 
     lines += [
         "", "## Ratios (same run)", "", head, rule,
@@ -541,14 +632,16 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         row("source checks s per M transactions (rel.)",
             [f"{_s(v)} ({x})" for v, x in zip(srcchk_pm, rel(srcchk_pm))]),
         row("job peak RSS tree GiB per M transactions", [_s(v) if v is None else f"{v:.2f}" for v in rss_pm]),
-        row("features check / features (< 1 ✓)", [ratio(st, "features_check", "features") for st in steps]),
-        row("training check / training (< 1 ✓)", [ratio(st, "training_check", "training") for st in steps]),
-        row("transactions check / features", [ratio(st, "source_check:edp/fdp/transactions", "features")
+        row("features check / features, wall / CPU (< 1 ✓)", [ratio(st, "features_check", "features") for st in steps]),
+        row("training check / training, wall / CPU (< 1 ✓)", [ratio(st, "training_check", "training") for st in steps]),
+        row("transactions check / features, wall / CPU", [ratio(st, "source_check:edp/fdp/transactions", "features")
                                                for st in steps]),
-        row("all source checks / features", [ratio(st, "source_checks", "features") for st in steps]),
+        row("all source checks / features, wall / CPU", [ratio(st, "source_checks", "features") for st in steps]),
     ]
     lines += _call_sites(results[-1])
     problems = []
+    if len({get(r, "job_detail", "code", "sources_sha256") for r in results}) > 1:
+        problems.append("- the sources changed between sizes (see \"code measured\"): the sizes ran different code")
     for r in results:
         for phase in ("seed", "job"):
             p = r.get(phase)
@@ -586,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase-timeout", type=float, default=None, help="seconds; kill a phase after this")
     parser.add_argument("--tmp-root", default=None, help="where the temporary AIML/Dagster homes go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each phase, wait up to this long for other processes to leave the CPUs idle")
     parser.add_argument("--out", default=str(RESULTS_DIR / "features_scale.md"))
     parser.add_argument("--report-only", metavar="RESULTS_JSON", help="re-render the table from a raw results.json")
     args = parser.parse_args(argv)
