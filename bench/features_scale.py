@@ -351,7 +351,7 @@ def wait_quiet(max_wait: float, threshold: float = 0.25, window: float = 10.0) -
         busy = (_machine_cpu_s() - before) / window
         waited = time.perf_counter() - started
         if busy < threshold or waited >= max_wait:
-            if waited > window:
+            if waited > window + 1:
                 print(f"  waited {waited:.0f}s for a quiet machine (now {busy:.2f} cores busy)", flush=True)
             return waited
 

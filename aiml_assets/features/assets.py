@@ -169,4 +169,5 @@ def labelled(features: DataFrame, holdings: DataFrame, snapshot: date, window: t
         holdings.filter((F.col("opened_date") >= start) & (F.col("opened_date") < end))
         .select("customer_id", "product_code").distinct().withColumn("label", F.lit(1))
     )
-    return offers.join(taken, ["customer_id", "product_code"], "left").fillna(0, subset=["label"])
+    # `taken` is one window of openings: small enough to broadcast, so the exploded offers are not shuffled
+    return offers.join(F.broadcast(taken), ["customer_id", "product_code"], "left").fillna(0, subset=["label"])
