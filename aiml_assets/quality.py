@@ -33,6 +33,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+
 EXAMPLES = 3
 
 
@@ -108,7 +110,7 @@ def _is_float(dtype) -> bool:
     return isinstance(dtype, (T.DoubleType, T.FloatType))
 
 
-def _conditions(schema: pa.DataFrameSchema, df: DataFrame, valid_columns: set[str]) -> dict[tuple[str, str], Column]:
+def _conditions(schema: pa.DataFrameSchema, valid_columns: set[str]) -> dict[tuple[str, str], Column]:
     conditions: dict[tuple[str, str], Column] = {}
     for name, column in schema.columns.items():
         if name not in valid_columns:
@@ -162,7 +164,7 @@ def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
     violations = _schema_violations(schema, df)
     expected = {name: column.dtype.type for name, column in schema.columns.items()}
     valid = {f.name for f in df.schema.fields if f.name in expected and f.dataType == expected[f.name]}
-    conditions = _conditions(schema, df, valid)
+    conditions = _conditions(schema, valid)
     keys = [k for k in (schema.unique or []) if k in valid]
     aggregates = [F.count(F.lit(1)).alias("rows")]
     aggregates += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"c{i}") for i, cond in enumerate(conditions.values())]
@@ -196,7 +198,10 @@ def pandera_check(
     required_resource_keys: set[str],
     partitions_def=None,
 ):
-    """A blocking asset check enforcing `model` on what `read` returns; a failure stops everything downstream."""
+    """A blocking asset check enforcing `model` on what `read` returns; a failure stops everything downstream.
+
+    The check reads the data where it lives, so like the assets it runs through the step launcher (on Databricks
+    in lab/uat/prod; in-process locally)."""
     name = as_schema(model).name
 
     @asset_check(
@@ -204,7 +209,7 @@ def pandera_check(
         name=f"{name}_schema",
         blocking=True,
         description=f"pandera schema {name}: types, nullability, ranges, allowed values, unique keys",
-        required_resource_keys=required_resource_keys,
+        required_resource_keys={*required_resource_keys, STEP_LAUNCHER_KEY},
         partitions_def=partitions_def,
     )
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:

@@ -107,3 +107,12 @@ def test_seeded_products_match_their_pandera_contracts():
         seeded = from_arrow_schema(EDP_PRODUCTS[name].schema, prefer_timestamp_ntz=False)
         expected = {col: c.dtype.type for col, c in model.to_schema().columns.items()}
         assert {f.name: f.dataType for f in seeded.fields} == expected, name
+
+
+def test_every_node_reading_data_runs_through_the_step_launcher(aiml_home):
+    """Assets, source observations and checks all read through Spark: remotely they must run on Databricks."""
+    defs = build_definitions("lab")
+    nodes = [*defs.assets, *(defs.asset_checks or [])]
+    assert nodes
+    for node in nodes:
+        assert STEP_LAUNCHER_KEY in node.required_resource_keys, node

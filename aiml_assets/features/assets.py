@@ -49,17 +49,21 @@ def lab_table(settings: Settings, key: AssetKey) -> tuple[str, str]:
 
 
 def _write_snapshot(context, settings: Settings, key: AssetKey, df: DataFrame, snapshot: date) -> int:
-    name, bucket_key = lab_table(settings, key)
-    location = context.resources.storage.uri("lab", bucket_key)
-    version = context.resources.tables.write(
+    location = context.resources.storage.uri("lab", lab_table(settings, key)[1])
+    return context.resources.tables.write(
         df, location, run_id=context.run.run_id, partition_by=["snapshot_date"],
         replace={"snapshot_date": snapshot.isoformat()},
     )
+
+
+def _register(context, settings: Settings, key: AssetKey) -> None:
+    """Name the lab table in the catalog, once per run (on Unity Catalog this is a few SQL statements)."""
+    name, bucket_key = lab_table(settings, key)
     context.resources.catalog.register(
-        name, location, owner="team:aiml", comment=f"{key.to_user_string()}: lab asset, perishable",
+        name, context.resources.storage.uri("lab", bucket_key), owner="team:aiml",
+        comment=f"{key.to_user_string()}: lab asset, perishable",
         properties={"retention_days": settings.storage.retention_days, "dagster_asset": key.to_user_string()},
     )
-    return version
 
 
 def _read_snapshots(context, settings: Settings, key: AssetKey, snapshots: list[date]) -> DataFrame:
@@ -103,6 +107,7 @@ def lab_feature_assets(settings: Settings) -> list:
             df = customer_features(sources, snapshot, products)
             versions[snapshot.isoformat()] = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
             context.log.info(f"customer features as of {snapshot}: written, table version {versions[snapshot.isoformat()]}")
+        _register(context, settings, FEATURES_KEY)
         written = _read_snapshots(context, settings, FEATURES_KEY, _snapshots(context))
         used = sources.transactions.filter(
             F.col("transaction_ts") < F.lit(max(_snapshots(context))).cast("timestamp")
@@ -138,6 +143,7 @@ def lab_feature_assets(settings: Settings) -> list:
                             snapshot, window, products)
             _write_snapshot(context, settings, TRAINING_KEY, rows, snapshot)
             context.log.info(f"training set as of {snapshot}: written")
+        _register(context, settings, TRAINING_KEY)
         written = _read_snapshots(context, settings, TRAINING_KEY, _snapshots(context))
         per_product = written.groupBy("product_code").agg(F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate"))
         stats = {r["product_code"]: (r["rows"], r["rate"]) for r in per_product.collect()}
@@ -152,7 +158,7 @@ def lab_feature_assets(settings: Settings) -> list:
         return pandera_check(
             key, schema,
             lambda context: _read_snapshots(context, settings, key, _snapshots(context)),
-            RESOURCES - {STEP_LAUNCHER_KEY}, partitions_def=snapshots,
+            RESOURCES, partitions_def=snapshots,
         )
 
     return [customer_features_asset, training_set_asset,

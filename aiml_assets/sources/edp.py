@@ -11,6 +11,7 @@ from dagster import AssetKey, AssetSpec, DataVersion, MetadataValue, ObserveResu
 from pyspark.sql import functions as F
 
 from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.sources.schemas import SOURCE_MODELS
 
 EDP_GROUP = "edp_sources"
@@ -46,7 +47,7 @@ def _spec(name: str) -> AssetSpec:
 
 
 @multi_observable_source_asset(specs=[_spec(name) for name in SOURCE_MODELS], can_subset=True,
-                               required_resource_keys={"spark", "catalog"})
+                               required_resource_keys={STEP_LAUNCHER_KEY, "spark", "catalog"})
 def edp_source_products(context):
     session, catalog = context.resources.spark.get_session(), context.resources.catalog
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
