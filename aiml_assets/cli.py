@@ -1,4 +1,5 @@
-"""`aiml`: the local platform's commands (seed the local EDP, run the main job, prepare the Dagster instance)."""
+"""`aiml`: the local platform's commands (seed the local EDP, run the main job, promote a model version, prepare
+the Dagster instance)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, aiml_home, current_env, load_settings
+from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, RESOURCES_DIR, aiml_home, current_env, load_settings
 
 
 def prepare_instance() -> Path:
@@ -45,9 +46,12 @@ def main_job_tags() -> dict[str, str]:
 
 
 def run_main_job() -> bool:
+    """The main job for the latest snapshots, then, where this environment trains models, one models run per
+    product (a product whose model fails its gate does not stop the others)."""
     from dagster import DagsterInstance, execute_job, reconstructable
 
-    from aiml_assets.definitions import main_job_for_current_env
+    from aiml_assets.definitions import MODELS_JOB, main_job_for_current_env, models_job_for_current_env
+    from aiml_assets.models.assets import GROUP as MODEL_GROUP
 
     prepare_instance()
     tags = main_job_tags()
@@ -55,7 +59,38 @@ def run_main_job() -> bool:
         result = execute_job(reconstructable(main_job_for_current_env), instance=instance, tags=tags)
         scope = f" for snapshots {tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}" if tags else ""
         print(f"main job run {result.run_id}{scope}: {'succeeded' if result.success else 'FAILED'}")
-        return result.success
+        if not result.success or MODEL_GROUP not in load_settings().asset_groups:
+            return result.success
+        outcomes = {}
+        for product in load_settings().products:
+            run = execute_job(reconstructable(models_job_for_current_env), instance=instance,
+                              tags={"dagster/partition": product})
+            outcomes[product] = run.success
+            print(f"{MODELS_JOB} run {run.run_id} for {product}: {'succeeded' if run.success else 'FAILED'}")
+        return all(outcomes.values())
+
+
+def promote(product: str, version: int, change_request: str, target: str, resources_dir: Path) -> bool:
+    """Run the promote_model job on the local Dagster instance and print its outcome."""
+    from dagster import DagsterInstance
+
+    from aiml_assets.governance.audit import actor
+    from aiml_assets.models.promotion import failure_reason, promotion_job, promotion_resources, promotion_run_config
+
+    settings = load_settings()
+    job = promotion_job(settings, promotion_resources(settings, resources_dir))
+    tags = {"aiml/requested_by": actor(), **({"aiml/change_request": change_request} if change_request else {})}
+    prepare_instance()
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(run_config=promotion_run_config(product, version, change_request, target),
+                                        instance=instance, tags=tags, raise_on_error=False)
+    if result.success:
+        entry = result.output_for_node("promote")
+        print(f"{job.name} run {result.run_id}: {entry['name']} version {entry['version']} promoted to {target} "
+              f"(sha256 {entry['sha256']}, change request {entry['change_request']})")
+    else:
+        print(f"{job.name} run {result.run_id} FAILED: {failure_reason(result)}", file=sys.stderr)
+    return result.success
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--seed", type=int, default=7)
         cmd.add_argument("--end-date", type=date.fromisoformat, default=date(2026, 10, 31))
     commands.add_parser("prepare-instance", help="create the local Dagster home with its dagster.yaml")
+    promote_cmd = commands.add_parser("promote", help="promote a gated model version to uat, or from uat to prod, "
+                                      "under a change request (writes the release manifest, audited)")
+    promote_cmd.add_argument("--product", required=True)
+    promote_cmd.add_argument("--version", type=int, required=True)
+    promote_cmd.add_argument("--change-request", default="", help="ServiceNow change, e.g. CHG0123456 (required; "
+                             "a promotion without one is refused and audited)")
+    promote_cmd.add_argument("--target", choices=("uat", "prod"), required=True)
+    promote_cmd.add_argument("--resources-dir", type=Path, default=RESOURCES_DIR,
+                             help="where the env files whose release manifests are rewritten live")
     args = parser.parse_args(argv)
 
     if args.command == "prepare-instance":
         print(prepare_instance())
         return 0
+    if args.command == "promote":
+        return 0 if promote(args.product, args.version, args.change_request, args.target, args.resources_dir) else 1
     print(f"AIML_ENV={current_env()} AIML_HOME={aiml_home()}")
     counts = seed(args.customers, args.seed, args.end_date)
     for name, rows in counts.items():

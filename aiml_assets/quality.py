@@ -77,6 +77,12 @@ def table_schema(model: Model) -> TableSchema:
     )
 
 
+def spark_schema(model: Model) -> T.StructType:
+    """The Spark schema a DataFrame built from driver-side rows (pandas) must have to be validated against `model`."""
+    return T.StructType([T.StructField(name, column.dtype.type, column.nullable)
+                         for name, column in as_schema(model).columns.items()])
+
+
 def rule_text(check: pa.Check) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in check.statistics.items() if v is not None)
     return f"{check.name}({args})"

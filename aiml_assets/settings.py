@@ -100,7 +100,7 @@ class NexusSettings(_Strict):
         return self
 
 
-ASSET_GROUPS = ("edp_sources", "lab_features")
+ASSET_GROUPS = ("edp_sources", "lab_features", "model_versions")
 
 
 class FeatureSettings(_Strict):
@@ -109,6 +109,41 @@ class FeatureSettings(_Strict):
     snapshot_start: date
     label_window_days: int = Field(30, ge=1)
     main_job_snapshots: int = Field(3, ge=1)  # how many of the latest snapshots the main job (re)builds
+
+
+class GateSettings(_Strict):
+    """The blocking validation gate a new model version must pass to get the `challenger` alias."""
+
+    min_roc_auc: float = Field(ge=0.5, le=1.0)
+    min_pr_auc_lift: float = Field(ge=1.0)  # PR AUC over the validation positive rate; 1.0 is a random ranking
+    calibration_ratio: tuple[float, float]  # mean predicted / observed rate must fall in this range
+    champion_tolerance: float = Field(0.0, ge=0.0, le=0.1)  # ROC AUC the challenger may trail the champion by
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateSettings:
+        low, high = self.calibration_ratio
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"calibration_ratio: expected [low, high] with 0 < low <= 1 <= high, got {[low, high]}")
+        return self
+
+
+class ModelSettings(_Strict):
+    training_snapshots: int = Field(3, ge=2)  # the latest N snapshots of the training set: N-1 train, 1 validates
+    gate: GateSettings
+
+
+class ReleaseEntry(_Strict):
+    """One deployed model version: what UAT and prod pull from Nexus, and the change request that put it there."""
+
+    name: str
+    version: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    change_request: str
+
+
+class ProductRelease(_Strict):
+    champion: ReleaseEntry | None = None
+    challenger: ReleaseEntry | None = None
 
 
 class Settings(_Strict):
@@ -123,6 +158,9 @@ class Settings(_Strict):
     products: list[str] = Field(min_length=1)
     asset_groups: list[Literal[ASSET_GROUPS]] = Field(min_length=1)  # which parts of the graph this env runs
     features: FeatureSettings | None = None
+    models: ModelSettings | None = None
+    # product -> deployed versions; written by the promotion job (`aiml promote`), never by hand
+    release_manifest: dict[str, ProductRelease] = {}
 
     @model_validator(mode="after")
     def _databricks_when_remote(self) -> Settings:
@@ -137,6 +175,22 @@ class Settings(_Strict):
                 raise ValueError("features: required when asset_groups has lab_features")
             if "lab" not in self.storage.buckets or self.storage.retention_days is None:
                 raise ValueError("storage: lab_features need a lab bucket and retention_days")
+        return self
+
+    @model_validator(mode="after")
+    def _model_versions_need_their_settings(self) -> Settings:
+        if "model_versions" in self.asset_groups:
+            if self.models is None:
+                raise ValueError("models: required when asset_groups has model_versions")
+            if "lab_features" not in self.asset_groups:
+                raise ValueError("asset_groups: model_versions train on lab_features, which this environment lacks")
+        return self
+
+    @model_validator(mode="after")
+    def _manifest_names_known_products(self) -> Settings:
+        unknown = sorted(set(self.release_manifest) - set(self.products))
+        if unknown:
+            raise ValueError(f"release_manifest: {', '.join(unknown)} not in products")
         return self
 
     @property

@@ -10,7 +10,7 @@ from dagster import AssetKey, Definitions
 
 from aiml_assets.definitions import build_definitions
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
-from aiml_assets.settings import ENVIRONMENTS, PROJECT_ROOT
+from aiml_assets.settings import ENVIRONMENTS, PROJECT_ROOT, load_settings
 
 EDP_KEYS = {AssetKey(k.split("/")) for k in
             ("edp/fdp/customers", "edp/fdp/transactions", "edp/cdp/product_holdings", "edp/bdp/campaign_responses")}
@@ -92,8 +92,22 @@ def test_asset_groups_follow_the_env_file(aiml_home):
         return {graph.get(key).group_name for key in graph.get_all_asset_keys()}
 
     groups = {env: groups_of(env) for env in ENVIRONMENTS}
-    assert groups["local"] == groups["lab"] == {"edp_sources", "lab_features"}
-    assert groups["uat"] == groups["prod"] == {"edp_sources"}  # lab data never exists outside the lab
+    assert groups["local"] == groups["lab"] == {"edp_sources", "lab_features", "model_versions"}
+    assert groups["uat"] == groups["prod"] == {"edp_sources"}  # lab data and training never exist outside the lab
+
+
+def test_models_train_in_their_own_job_partitioned_by_product(aiml_home):
+    from aiml_assets.definitions import MAIN_JOB, MODELS_JOB
+    from aiml_assets.models.assets import BINARY_KEY, MODEL_KEY
+
+    defs = build_definitions("local")
+    models = defs.resolve_job_def(MODELS_JOB)
+    assert models.partitions_def.get_partition_keys() == load_settings("local").products
+    assert {MODEL_KEY, BINARY_KEY} == set(models.asset_layer.selected_asset_keys)
+    assert MODEL_KEY not in defs.resolve_job_def(MAIN_JOB).asset_layer.selected_asset_keys
+    assert "promote_model" in {job.name for job in defs.resolve_all_job_defs()}
+    # UAT and prod deploy from the release manifest; they neither train nor promote
+    assert {MODELS_JOB, "promote_model"}.isdisjoint(job.name for job in build_definitions("prod").resolve_all_job_defs())
 
 
 def test_seeded_products_match_their_pandera_contracts():

@@ -63,3 +63,13 @@ def test_registration_records_its_own_versions_under_a_dotted_name(tmp_path):
     assert client.get_model_version(name, "2").run_id == runs[1][0]
     run = client.get_run(runs[0][0])
     assert run.data.metrics["roc_auc"] > 0.6 and run.data.tags["git_commit"]
+
+
+def test_the_input_example_shipped_with_the_model_is_nobodys_record():
+    from aiml_assets.models.training import anonymous_example, prepare
+
+    x = prepare(synthetic(n=300))
+    example = anonymous_example(x)
+    assert len(example) == 1 and list(example.columns) == list(x.columns)
+    assert example["spend_365d"].iloc[0] == pytest.approx(x["spend_365d"].median())
+    assert not (x.round(6) == example.round(6).iloc[0]).all(axis=1).any()  # matches no customer's row

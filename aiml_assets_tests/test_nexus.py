@@ -1,27 +1,101 @@
 """The Nexus resources: the same contract for the local folder and for a Nexus raw repository over HTTP.
 
 The HTTP side runs against `nexus_server.NexusServer`, a loopback server that behaves like a Nexus 3 raw hosted
-repository with "Disable redeploy"; the last tests check that the server itself behaves that way.
+repository with "Disable redeploy"; the last tests check that the server itself behaves that way. What is published
+is a small but valid model.zip (a skops-serialized scikit-learn model plus the MLflow files around it) and its
+metadata.json; the publication policy's refusals are checked on both implementations.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import pickle
+import stat
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
+import skops.io
 from dagster import EnvVar, build_resources
 from nexus_server import NexusServer
+from sklearn.linear_model import LogisticRegression
 
-from aiml_assets.resources.nexus import HttpNexus, LocalNexus, NexusChecksumError, NexusError, NexusRepository
+from aiml_assets.resources.nexus import (
+    MAX_TEXT_BYTES,
+    REQUIRED_METADATA_KEYS,
+    HttpNexus,
+    LocalNexus,
+    NexusChecksumError,
+    NexusError,
+    NexusRefused,
+    NexusRepository,
+)
 
 REPO = "aiml-models"
 USER, PASSWORD = "ci-publisher", "s3cret-pa55"
-PATH = "nba_propensity/credit_card/1.4.0/model.pkl"
-MODEL = b"\x80\x04model-bytes\x00" * 100
+NAME, VERSION = "aiml_local.models.nba_propensity_credit_card", 3
+PATH = f"models/{NAME}/{VERSION}/model.zip"
+META_PATH = f"models/{NAME}/{VERSION}/metadata.json"
+
+
+def zip_of(entries: dict[str, bytes], mode: int = stat.S_IFREG | 0o644) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names one test writes on purpose
+        for name, content in entries.items() if isinstance(entries, dict) else entries:
+            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr, entry.compress_type = mode << 16, zipfile.ZIP_DEFLATED
+            archive.writestr(entry, content)
+    return buffer.getvalue()
+
+
+def skops_model(c: float) -> bytes:
+    x = np.array([[0.0], [1.0], [2.0], [3.0]])
+    return skops.io.dumps(LogisticRegression(C=c).fit(x, [0, 0, 1, 1]))
+
+
+MLMODEL = b"""flavors:
+  python_function: {loader_module: mlflow.sklearn, model_path: model.skops, predict_fn: predict}
+  sklearn: {pickled_model: model.skops, serialization_format: skops, sklearn_version: 1.9.1}
+mlflow_version: 3.17.2
+"""
+MODEL_FILES = {
+    "MLmodel": MLMODEL, "model.skops": skops_model(1.0), "requirements.txt": b"mlflow==3.17.2\nscikit-learn==1.9.1\n",
+    "conda.yaml": b"name: mlflow-env\ndependencies: [python=3.11]\n", "python_env.yaml": b"python: 3.11.7\n",
+    "input_example.json": b'{"columns": ["x"], "data": [[1.0], [NaN]]}',  # as MLflow writes a missing value
+}
+MODEL = zip_of(MODEL_FILES)
+RETRAINED = zip_of({**MODEL_FILES, "model.skops": skops_model(0.1)})  # the same version, trained again
+
+
+def metadata(**overrides) -> bytes:
+    document = {"name": NAME, "version": VERSION, "metrics": {"roc_auc": 0.71}, "signature": None,
+                "git_commit": "0" * 40, "training_data": {"training_table": "aiml_local.lab.training_set"},
+                "model_sha256": hashlib.sha256(MODEL).hexdigest(), **overrides}
+    return json.dumps({k: v for k, v in document.items() if v is not ...}).encode()
+
+
+METADATA = metadata()
+TRAINING_ROWS = pa.table({"customer_id": ["C00000001", "C00000002"], "spend_365d": [120.5, 80.0], "label": [1, 0]})
+CSV = b"customer_id,spend_365d,label\nC00000001,120.5,1\nC00000002,80.0,0\n"
+
+
+def parquet_bytes() -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(TRAINING_ROWS, buffer)
+    return buffer.getvalue()
+
+
+PARQUET = parquet_bytes()
 
 
 @dataclass
@@ -41,7 +115,7 @@ def server():
         yield srv
 
 
-def _local(tmp_path: Path) -> Backend:
+def local_backend(tmp_path: Path) -> Backend:
     root = tmp_path / "nexus" / REPO  # a "../../x" escape would land in tmp_path
 
     def raw(path):
@@ -56,7 +130,7 @@ def _local(tmp_path: Path) -> Backend:
     )
 
 
-def _http(server: NexusServer) -> Backend:
+def http_backend(server: NexusServer) -> Backend:
     def tamper(path, data):
         server.files[(REPO, path)] = data
 
@@ -72,8 +146,8 @@ def _http(server: NexusServer) -> Backend:
 @pytest.fixture(params=["local", "http"])
 def backend(request, tmp_path) -> Backend:
     if request.param == "local":
-        return _local(tmp_path)
-    return _http(request.getfixturevalue("server"))
+        return local_backend(tmp_path)
+    return http_backend(request.getfixturevalue("server"))
 
 
 # --- the shared contract -------------------------------------------------------------------------------------
@@ -87,7 +161,9 @@ def test_publish_then_fetch_round_trips(backend):
     assert nexus.exists(PATH)
     assert nexus.fetch(PATH) == MODEL
     assert backend.raw(PATH) == MODEL
-    assert not nexus.exists("nba_propensity/credit_card/1.4.1/model.pkl")
+    assert not nexus.exists(f"models/{NAME}/{VERSION + 1}/model.zip")
+    assert nexus.publish(META_PATH, METADATA) == hashlib.sha256(METADATA).hexdigest()
+    assert nexus.fetch(META_PATH) == METADATA
 
 
 def test_sidecar_holds_the_hex_sha256(backend):
@@ -107,9 +183,9 @@ def test_republishing_identical_bytes_is_a_no_op(backend):
 def test_different_bytes_at_a_published_path_are_refused(backend):
     original = backend.nexus.publish(PATH, MODEL)
     with pytest.raises(NexusError, match=r"already published.*immutable") as refused:
-        backend.nexus.publish(PATH, MODEL + b"retrained")
+        backend.nexus.publish(PATH, RETRAINED)
     assert PATH in str(refused.value)
-    assert not isinstance(refused.value, NexusChecksumError)
+    assert not isinstance(refused.value, (NexusChecksumError, NexusRefused))
     assert backend.raw(PATH) == MODEL
     assert backend.nexus.sha256(PATH) == original
     assert backend.nexus.fetch(PATH) == MODEL
@@ -134,7 +210,7 @@ def test_republish_over_a_tampered_binary_is_refused(backend):
 
 
 def test_missing_path(backend):
-    missing = "nba_propensity/mortgage/9.9.9/model.pkl"
+    missing = "models/aiml_local.models.nba_propensity_mortgage/9/model.zip"
     assert not backend.nexus.exists(missing)
     with pytest.raises(NexusError, match="not found") as not_found:
         backend.nexus.fetch(missing)
@@ -152,7 +228,7 @@ def test_binary_without_sidecar_is_not_served_and_republish_completes_it(backend
     assert backend.nexus.fetch(PATH) == MODEL
 
 
-@pytest.mark.parametrize("bad", ["../x", "../../x", "/abs", "a/../../x", "a//b", "a\\b", "", "m/model.pkl.sha256"])
+@pytest.mark.parametrize("bad", ["../x", "../../x", "/abs", "a/../../x", "a//b", "a\\b", "", f"{PATH}.sha256"])
 def test_bad_paths_are_refused_before_any_io(backend, tmp_path, bad):
     if bad == "/abs":
         bad = f"{tmp_path}/abs"  # absolute, yet inside tmp_path: a regression must not write to the real /abs
@@ -160,6 +236,117 @@ def test_bad_paths_are_refused_before_any_io(backend, tmp_path, bad):
     for call in (lambda: nexus.publish(bad, MODEL), lambda: nexus.fetch(bad), lambda: nexus.exists(bad)):
         with pytest.raises(NexusError, match="path|reserved"):
             call()
+    assert backend.everything() == []
+
+
+# --- the publication policy: a model.zip or its metadata.json, nothing else ----------------------------------------
+
+
+def refused(backend: Backend, path: str, data: bytes, rule: str) -> NexusRefused:
+    with pytest.raises(NexusRefused, match=rule) as refusal:
+        backend.nexus.publish(path, data)
+    assert repr(path) in str(refusal.value) or path in str(refusal.value)
+    assert backend.raw(path) is None and backend.raw(path + ".sha256") is None
+    return refusal.value
+
+
+@pytest.mark.parametrize("path, rule", [(PATH, "not a zip archive"), (META_PATH, "metadata is not UTF-8 JSON")],
+                         ids=["model-path", "metadata-path"])
+@pytest.mark.parametrize("data", [PARQUET, CSV], ids=["parquet", "csv"])
+def test_training_data_is_refused_at_a_model_path(backend, path, rule, data):
+    refused(backend, path, data, rule)
+    assert backend.everything() == []
+
+
+def entry(name: str, content: bytes, rule: str, id: str):
+    """A model.zip with one file added or replaced, and the rule it breaks."""
+    return pytest.param({**MODEL_FILES, name: content}, rule, id=id)
+
+
+@pytest.mark.parametrize("entries, rule", [
+    entry("train.parquet", PARQUET, "'train.parquet' is a data file", "parquet-entry"),
+    entry("training_set.csv", CSV, "'training_set.csv' is a data file", "csv-entry"),
+    entry("scores/_delta_log/00000000000000000000.json", b"{}", "_delta_log.* is a data file", "delta-log-entry"),
+    entry("features.arrow", b"ARROW1\x00\x00", "'features.arrow' is a data file", "arrow-entry"),
+    entry("notes.md", b"# model card", "'notes.md' is not a file of an MLflow model directory", "unknown-entry"),
+    entry("model.skops", PARQUET, "'model.skops' is Parquet data", "parquet-as-model"),
+    entry("requirements.txt", b"mlflow\n" + PARQUET, "'requirements.txt' is Parquet data", "parquet-in-text"),
+    entry("input_example.json", CSV, "'input_example.json' is not JSON", "csv-as-json"),
+    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0]', "'input_example.json' is not JSON",
+          "truncated-json"),
+    entry("conda.yaml", CSV, "'conda.yaml' is not a YAML mapping", "csv-as-yaml"),
+    entry("MLmodel", b"flavours: {}", "'MLmodel' is not an MLmodel", "mlmodel-without-flavors"),
+    entry("model.skops", CSV, "'model.skops' is not a skops archive", "csv-as-model"),
+    entry("requirements.txt", b"x" * (MAX_TEXT_BYTES + 1), "'requirements.txt' is larger than", "oversized-entry"),
+    entry("../MLmodel", MLMODEL, "'../MLmodel' is an absolute path or escapes", "escaping-entry"),
+    entry("/etc/MLmodel", MLMODEL, "'/etc/MLmodel' is an absolute path or escapes", "absolute-entry"),
+    entry("model.pkl", pickle.dumps(1), "'model.pkl' is not a file of an MLflow model", "pickle-beside-skops"),
+    pytest.param({k: v for k, v in MODEL_FILES.items() if k != "MLmodel"}, "has an MLmodel and one of",
+                 id="no-mlmodel"),
+    pytest.param([*MODEL_FILES.items(), ("requirements.txt", CSV)], "lists an entry twice", id="duplicate-entry"),
+])
+def test_a_model_zip_holds_only_the_files_of_an_mlflow_model(backend, entries, rule):
+    refused(backend, PATH, zip_of(entries), rule)
+    assert backend.everything() == []
+
+
+def test_a_model_zip_entry_must_be_a_regular_file(backend):
+    refused(backend, PATH, zip_of(MODEL_FILES, mode=stat.S_IFLNK | 0o777), "'MLmodel' is not a regular file")
+
+
+@pytest.mark.parametrize("smuggled", [MODEL + PARQUET, PARQUET + MODEL, MODEL[:-2] + b"\x20\x00" + CSV[:32]],
+                         ids=["appended", "prepended", "comment"])
+def test_data_riding_along_outside_the_zip_entries_is_refused(backend, smuggled):
+    with zipfile.ZipFile(io.BytesIO(smuggled)) as archive:  # a zip reader sees only the model's files
+        assert sorted(archive.namelist()) == sorted(MODEL_FILES)
+    refused(backend, PATH, smuggled, "not a plain zip")
+
+
+def test_a_pickled_model_is_refused_because_loading_a_pickle_runs_code(backend):
+    pickled = zip_of({**{k: v for k, v in MODEL_FILES.items() if k != "model.skops"}, "model.pkl": pickle.dumps(1)})
+    refused(backend, PATH, pickled, "'model.pkl'")
+    assert backend.everything() == []
+
+
+@pytest.mark.parametrize("path", [
+    "nba_propensity/credit_card/1.4.0/model.pkl", f"models/{NAME}/{VERSION}/model.pkl",
+    f"models/{NAME}/{VERSION}/train.parquet", f"models/{NAME}/{VERSION}/sub/model.zip", f"models/{NAME}/model.zip",
+    f"models/{NAME}/0/model.zip", f"models/{NAME}/v3/model.zip", f"models/{NAME}/1.4.0/model.zip",
+    f"models/Aiml_Local.models.x/{VERSION}/model.zip", f"models/aiml-local.models.x/{VERSION}/model.zip",
+    f"models/.hidden/{VERSION}/model.zip", f"models/a..b/{VERSION}/model.zip", f"data/{NAME}/{VERSION}/model.zip",
+    f"{PATH}.sha256", f"/{PATH}", f"{PATH}/",
+])
+def test_paths_outside_the_model_layout_are_refused(backend, path):
+    refused(backend, path, MODEL, "not a publishable path")
+    assert backend.everything() == []
+
+
+@pytest.mark.parametrize("document, rule", [
+    *[pytest.param(metadata(**{key: ...}), rf"misses required keys \['{key}'\]", id=f"missing-{key}")
+      for key in REQUIRED_METADATA_KEYS],
+    pytest.param(metadata(name="aiml_local.models.nba_propensity_mortgage"), f"not '{NAME}' version 3",
+                 id="other-name"),
+    pytest.param(metadata(version=VERSION + 1), "version 4, not .* version 3 as its path says", id="other-version"),
+    pytest.param(metadata(version=str(VERSION)), "version '3', not", id="version-as-string"),
+    pytest.param(metadata(version=True), "version True, not", id="version-as-bool"),
+    pytest.param(metadata(version=float(VERSION)), "version 3.0, not", id="version-as-float"),
+    pytest.param(metadata(model_sha256="not-a-digest"), "model_sha256 is not a hex sha256", id="bad-digest"),
+    pytest.param(metadata(model_sha256=hashlib.sha256(RETRAINED).hexdigest()),
+                 "is not the published sha256 of .*model.zip", id="another-models-digest"),
+    pytest.param(metadata(metrics={"roc_auc": float("nan")}), "not UTF-8 JSON", id="nan"),
+    pytest.param(json.dumps([NAME, VERSION]).encode(), "not a JSON object", id="not-an-object"),
+    pytest.param(METADATA.decode().encode("utf-16"), "not UTF-8 JSON", id="utf-16"),
+    pytest.param(metadata(notes="x" * MAX_TEXT_BYTES), "larger than", id="oversized"),
+    pytest.param(PARQUET, "not UTF-8 JSON", id="parquet"),
+])
+def test_metadata_must_describe_the_published_model_of_its_path(backend, document, rule):
+    backend.nexus.publish(PATH, MODEL)
+    refused(backend, META_PATH, document, rule)
+    assert backend.nexus.publish(META_PATH, METADATA)  # the control: the proper document is accepted
+
+
+def test_metadata_before_its_model_is_refused(backend):
+    refused(backend, META_PATH, METADATA, "publish the model.zip first")
     assert backend.everything() == []
 
 
@@ -184,7 +371,7 @@ def test_http_unknown_repository_is_an_error_with_status_and_url(server):
 
 
 def test_http_publish_uses_put_to_repository_path_and_never_redeploys(server):
-    nexus = _http(server).nexus
+    nexus = http_backend(server).nexus
     nexus.publish(PATH, MODEL)
     nexus.publish(PATH, MODEL)
     puts = [(path, status) for method, path, status in server.requests if method == "PUT"]
@@ -196,7 +383,7 @@ def test_http_immutability_does_not_rely_on_the_repository_policy():
         nexus = HttpNexus(url=lax.url, repository=REPO)
         nexus.publish(PATH, MODEL)
         with pytest.raises(NexusError, match="immutable"):
-            nexus.publish(PATH, b"different")
+            nexus.publish(PATH, RETRAINED)
         assert lax.files[(REPO, PATH)] == MODEL
 
 

@@ -45,6 +45,7 @@ from databricks.sdk.errors.platform import ResourceAlreadyExists, ResourceDoesNo
 from databricks.sdk.service import files, jobs
 from step_launcher_job import STEP_LOG_PREFIX, lab_launcher_job
 
+from aiml_assets.provenance import git_commit
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, load_settings
 
 # the module, not the resource that dagster_databricks exports under the same name
@@ -360,6 +361,7 @@ def test_lab_asset_runs_on_databricks_through_the_step_launcher(lab_env, fake_da
     remote_config = pickle.loads(fake.dbfs.local(f"{step_dir}/config.pkl").read_bytes())
     assert remote_config.env_variables["AIML_ENV"] == "lab"
     assert remote_config.env_variables[db.host_env_var] == DATABRICKS_HOST  # the remote step rebuilds the launcher
+    assert remote_config.env_variables["AIML_GIT_COMMIT"] == git_commit()  # a cluster has no .git
     # credentials travel as secret references, never as plain env variables in the pickled config
     assert not set(remote_config.env_variables) & {secret.name for secret in db.secrets}
     assert not [name for name in remote_config.env_variables if "TOKEN" in name or "SECRET" in name]

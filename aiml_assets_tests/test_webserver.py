@@ -81,10 +81,16 @@ def test_webserver_serves_the_asset_graph(webserver):
         assert "unity-catalog" in node["kinds"]
         assert {"team": "edp"} in node["owners"]
         assert node["dependencyKeys"] == []  # EDP products are the roots of the lineage
-    # the lineage the HLD draws: EDP products -> lab features -> training set
-    assert sources <= {"/".join(d["path"]) for d in by_key["lab/customer_features"]["dependencyKeys"]}
-    assert "lab/customer_features" in {"/".join(d["path"]) for d in by_key["lab/training_set"]["dependencyKeys"]}
+    # the lineage the HLD draws: EDP products -> lab features -> training set -> model versions -> Nexus binaries
+    def upstream(key):
+        return {"/".join(d["path"]) for d in by_key[key]["dependencyKeys"]}
+
+    assert sources <= upstream("lab/customer_features")
+    assert "lab/customer_features" in upstream("lab/training_set")
+    assert upstream("models/propensity_model") == {"lab/training_set"}
+    assert upstream("models/model_binary") == {"models/propensity_model"}
     assert by_key["lab/customer_features"]["groupName"] == "lab_features"
+    assert by_key["models/propensity_model"]["groupName"] == "model_versions"
     # every dependency edge the server reports points at a node it also serves
     for node in nodes:
         for dep in node["dependencyKeys"] + node["dependedByKeys"]:

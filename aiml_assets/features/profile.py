@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 from dagster import MetadataValue
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from aiml_assets.plots import figure, inline_markdown, to_png
 
 PREVIEW_ROWS = 5
 QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95]
@@ -46,15 +46,8 @@ def _distribution_table(quantiles: dict[str, list]) -> str:
 
 def _plot(quantiles: dict[str, list]) -> str:
     """Box-style plot of every numeric feature's quantiles (scaled per feature), as an inline PNG."""
-    import base64
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [c for c, v in quantiles.items() if v]
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(names) + 1))
+    fig, ax = figure(8, 0.25 * len(names) + 1)
     for i, name in enumerate(names):
         low, q1, median, q3, high = quantiles[name]
         scale = (high - low) or 1.0
@@ -63,8 +56,4 @@ def _plot(quantiles: dict[str, list]) -> str:
         ax.plot([(median - low) / scale], [i], "k|", markersize=10)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("position between p5 and p95 (per feature); bar p25-p75, tick median")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return f"![feature distributions](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return inline_markdown(to_png(fig), "feature distributions")

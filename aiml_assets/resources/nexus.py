@@ -4,6 +4,11 @@ Published binaries are immutable and checksummed. `publish` stores the bytes and
 the hex sha256; publishing identical bytes again is a no-op, different bytes at a published path are refused.
 `fetch` recomputes the sha256 and refuses a binary that does not match its sidecar.
 
+Only model binaries and their metadata may be published, at `models/<registered name>/<version>/model.zip` and
+`.../metadata.json`: a model.zip holds exactly the files of an MLflow model directory and no data (checked by name
+and by content), a metadata.json is a JSON object describing that version and naming the sha256 of its published
+model.zip. Anything else raises `NexusRefused` before a byte is written, whichever implementation is behind.
+
 Nexus raw repositories take an HTTP PUT of the bytes to `<url>/repository/<repo>/<path>` and serve them back on GET;
 with the deployment policy "Disable redeploy" Nexus answers a PUT to an existing path with 400. We check before
 writing too, so immutability does not rest on the repository's policy alone.
@@ -12,14 +17,22 @@ writing too, so immutability does not rest on the repository's policy alone.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
+import stat
+import struct
 import tempfile
+import zipfile
 from abc import ABC, abstractmethod
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import requests
+import yaml
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
@@ -33,6 +46,10 @@ class NexusError(RuntimeError):
 
 class NexusChecksumError(NexusError):
     """A fetched binary does not match its published sha256."""
+
+
+class NexusRefused(NexusError):
+    """`publish` refused a path or content that is not a model binary or its metadata; nothing was written."""
 
 
 class _AlreadyExists(NexusError):
@@ -51,11 +68,211 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# --- what may be published ---------------------------------------------------------------------------------------
+
+MODEL_ZIP, METADATA_JSON = "model.zip", "metadata.json"
+PUBLISHABLE_PATH = re.compile(
+    r"models/(?P<name>[a-z0-9_]+(?:\.[a-z0-9_]+)*)/(?P<version>[1-9][0-9]*)/(?P<file>model\.zip|metadata\.json)"
+)
+REQUIRED_METADATA_KEYS = ("name", "version", "metrics", "signature", "git_commit", "training_data", "model_sha256")
+MAX_TEXT_BYTES = 1024 * 1024  # metadata.json and every model file but the serialized model itself
+MAX_SERIALIZED_MODEL_BYTES = 512 * 1024 * 1024
+
+DATA_SUFFIXES = frozenset({
+    ".parquet", ".pq", ".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".avro", ".orc", ".arrow", ".feather",
+    ".ipc", ".delta", ".npy", ".npz", ".h5", ".hdf5", ".xls", ".xlsx", ".db", ".sqlite", ".gz", ".zip",
+})
+# Data formats recognised by their bytes, whatever the file is called: checked at both ends (Parquet and Arrow
+# files end with their magic too).
+DATA_SIGNATURES = {
+    b"PAR1": "Parquet", b"PARE": "encrypted Parquet", b"ARROW1": "Arrow IPC", b"FEA1": "Feather v1", b"ORC": "ORC",
+    b"Obj\x01": "Avro", b"SQLite format 3\x00": "SQLite", b"\x89HDF\r\n\x1a\n": "HDF5", b"\x93NUMPY": "NumPy",
+}
+
+
+def _yaml_mapping(content: bytes) -> dict | None:
+    try:
+        document = yaml.safe_load(content.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _is_yaml_mapping(content: bytes) -> bool:
+    return _yaml_mapping(content) is not None
+
+
+def _is_mlmodel(content: bytes) -> bool:
+    return "flavors" in (_yaml_mapping(content) or {})
+
+
+def _refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _is_json(content: bytes) -> bool:
+    try:
+        json.loads(content.decode("utf-8"))  # NaN allowed: MLflow writes it for missing values in input examples
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
+def _is_utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A file MLflow writes into a model directory: what its bytes must be, and how big it may be."""
+
+    must_be: str
+    valid: Callable[[bytes], bool]
+    max_bytes: int = MAX_TEXT_BYTES
+
+
+# The allow-list: what MLflow 3.17 writes for a scikit-learn model saved as skops (training.py asks for skops
+# everywhere: MLflow's Databricks default is cloudpickle, `model.pkl`, and a pickle runs code when it is loaded, so
+# it is not publishable). `registered_model_meta` is added when the directory is downloaded from
+# `models:/<name>/<version>`.
+MLFLOW_MODEL_FILES = {
+    "MLmodel": ModelFile("an MLmodel (a YAML mapping with flavors)", _is_mlmodel),
+    "conda.yaml": ModelFile("a YAML mapping", _is_yaml_mapping),
+    "python_env.yaml": ModelFile("a YAML mapping", _is_yaml_mapping),
+    "registered_model_meta": ModelFile("a YAML mapping", _is_yaml_mapping),
+    "requirements.txt": ModelFile("UTF-8 text", _is_utf8),
+    "input_example.json": ModelFile("JSON", _is_json),
+    "serving_input_example.json": ModelFile("JSON", _is_json),
+    "model.skops": ModelFile("a skops archive", lambda b: b.startswith(b"PK\x03\x04"), MAX_SERIALIZED_MODEL_BYTES),
+}
+SERIALIZED_MODEL_FILES = ("model.skops",)
+
+
+def _refused(where: str, rule: str) -> NexusRefused:
+    return NexusRefused(f"{where}: refused: {rule}")
+
+
+def publishable_path(path: str) -> re.Match:
+    """The name, version and file of a path a model binary or its metadata may be published at."""
+    match = PUBLISHABLE_PATH.fullmatch(path) if isinstance(path, str) else None
+    if match is None:
+        raise _refused(repr(path), f"not a publishable path: only models/<registered name>/<version>/"
+                                   f"{{{MODEL_ZIP},{METADATA_JSON}}} (name: lower-case letters, digits, '_' and '.'; "
+                                   "version: 1, 2, ...)")
+    return match
+
+
+def model_file_problem(name: str) -> str | None:
+    """Why a file called `name` may not be part of a published model directory, or None if it may."""
+    if name in MLFLOW_MODEL_FILES:
+        return None
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or "\\" in name or ".." in parts or ":" in name:
+        return "is an absolute path or escapes the model directory"
+    if "_delta_log" in parts or PurePosixPath(name).suffix.lower() in DATA_SUFFIXES:
+        return "is a data file; training data and scores are never published to Nexus"
+    return f"is not a file of an MLflow model directory (allowed: {', '.join(sorted(MLFLOW_MODEL_FILES))})"
+
+
+def data_format(content: bytes) -> str | None:
+    """The data format `content` is recognisably in (Parquet, Arrow, ...), or None."""
+    return next((f for magic, f in DATA_SIGNATURES.items() if content.startswith(magic) or content.endswith(magic)),
+                None)
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+_END_OF_DIRECTORY = struct.Struct("<4s8xIIH")  # signature, ..., directory size, directory offset, comment length
+
+
+def _only_its_entries(archive: zipfile.ZipFile, data: bytes) -> bool:
+    """Whether `data` is exactly the archive's entries and its central directory. Zip readers skip anything else,
+    so a Parquet file could otherwise ride along unseen before, between or after the entries."""
+    offset = 0
+    try:
+        for info in sorted(archive.infolist(), key=lambda i: i.header_offset):
+            signature, name_length, extra_length = _LOCAL_HEADER.unpack_from(data, offset)
+            if info.header_offset != offset or signature != b"PK\x03\x04" or info.flag_bits & 0x08:
+                return False  # 0x08: sizes in a trailing data descriptor, which this walk cannot follow
+            offset += _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+        end = len(data) - _END_OF_DIRECTORY.size
+        signature, size, start, comment = _END_OF_DIRECTORY.unpack_from(data, end)
+    except struct.error:
+        return False
+    return signature == b"PK\x05\x06" and not comment and start == offset and start + size == end
+
+
+def model_zip_entries(where: str, data: bytes) -> dict[str, bytes]:
+    """The files of a model.zip by name, once it is shown to hold exactly an MLflow model directory and no data."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise _refused(where, "not a zip archive; a model.zip is a packaged MLflow model directory") from None
+    with archive:
+        if not _only_its_entries(archive, data):
+            raise _refused(where, "not a plain zip: bytes outside its entries, a comment, or streamed entries")
+        names = archive.namelist()
+        if len(set(names)) != len(names):
+            raise _refused(where, "the zip lists an entry twice")
+        entries = {}
+        for info in archive.infolist():
+            mode = info.external_attr >> 16
+            problem = model_file_problem(info.filename) or (
+                "is not a regular file" if mode and not stat.S_ISREG(mode) else None)
+            if problem:
+                raise _refused(where, f"entry {info.filename!r} {problem}")
+            rule = MLFLOW_MODEL_FILES[info.filename]
+            try:
+                with archive.open(info) as entry:
+                    content = entry.read(rule.max_bytes + 1)  # never inflates more than the cap
+            except Exception as exc:  # corrupt, encrypted, unsupported compression: whatever zipfile raises
+                raise _refused(where, f"entry {info.filename!r} cannot be read ({type(exc).__name__})") from None
+            if len(content) > rule.max_bytes:
+                raise _refused(where, f"entry {info.filename!r} is larger than {rule.max_bytes} bytes")
+            if fmt := data_format(content):
+                raise _refused(where, f"entry {info.filename!r} is {fmt} data; data is never published to Nexus")
+            if not rule.valid(content):
+                raise _refused(where, f"entry {info.filename!r} is not {rule.must_be}")
+            entries[info.filename] = content
+    serialized = [n for n in SERIALIZED_MODEL_FILES if n in entries]
+    if "MLmodel" not in entries or len(serialized) != 1:
+        raise _refused(where, f"an MLflow model directory has an MLmodel and one of {', '.join(SERIALIZED_MODEL_FILES)}"
+                              f"; this one has {', '.join(sorted(entries)) or 'nothing'}")
+    return entries
+
+
+def read_metadata(path: str, data: bytes) -> dict:
+    """The metadata.json at `path`, once it is shown to describe the model name and version of its path."""
+    match = publishable_path(path)
+    if len(data) > MAX_TEXT_BYTES:
+        raise _refused(path, f"metadata larger than {MAX_TEXT_BYTES} bytes")
+    try:
+        metadata = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)  # strict: ours, read by others
+    except (UnicodeDecodeError, ValueError):
+        raise _refused(path, "metadata is not UTF-8 JSON") from None
+    if not isinstance(metadata, dict):
+        raise _refused(path, "metadata is not a JSON object")
+    if missing := [key for key in REQUIRED_METADATA_KEYS if key not in metadata]:
+        raise _refused(path, f"metadata misses required keys {missing}")
+    version = metadata["version"]
+    if metadata["name"] != match["name"] or type(version) is not int or version != int(match["version"]):
+        raise _refused(path, f"metadata describes {metadata['name']!r} version {version!r}, "
+                             f"not {match['name']!r} version {match['version']} as its path says")
+    if not isinstance(metadata["model_sha256"], str) or not _HEX_SHA256.match(metadata["model_sha256"]):
+        raise _refused(path, "metadata model_sha256 is not a hex sha256")
+    return metadata
+
+
 class NexusRepository(ConfigurableResource, ABC):
     """Immutable, checksummed binary store. Subclasses only move raw bytes."""
 
     def publish(self, path: str, data: bytes) -> str:
-        """Store `data` at `path` with its sha256 sidecar and return the hex digest; idempotent for identical bytes."""
+        """Store `data` at `path` with its sha256 sidecar and return the hex digest; idempotent for identical bytes.
+        Refuses (`NexusRefused`) anything but a model.zip or its metadata.json, before writing anything."""
+        self._refuse_unless_publishable(path, data)
         digest = _sha256(data)
         self._put_once(_check_path(path), data)
         self._put_once(path + SIDECAR_SUFFIX, digest.encode("ascii"))
@@ -78,6 +295,17 @@ class NexusRepository(ConfigurableResource, ABC):
         if not _HEX_SHA256.match(digest):
             raise NexusError(f"{path}{SIDECAR_SUFFIX}: not a hex sha256")
         return digest
+
+    def _refuse_unless_publishable(self, path: str, data: bytes) -> None:
+        if publishable_path(path)["file"] == MODEL_ZIP:
+            model_zip_entries(path, data)
+            return
+        metadata = read_metadata(path, data)
+        model = path.removesuffix(METADATA_JSON) + MODEL_ZIP
+        published = self._get(model + SIDECAR_SUFFIX)
+        if published is None or published.decode("ascii", "replace").strip() != metadata["model_sha256"]:
+            raise _refused(path, f"model_sha256 {metadata['model_sha256']} is not the published sha256 of {model}; "
+                                 "publish the model.zip first")
 
     def _put_once(self, path: str, data: bytes) -> None:
         if not self._exists(path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import EnvVar, ResourceDefinition
 
+from aiml_assets.governance.audit import AuditLog
 from aiml_assets.resources.catalog import LocalCatalog, UnityCatalog
 from aiml_assets.resources.nexus import HttpNexus, LocalNexus
 from aiml_assets.resources.spark import SparkResource
@@ -30,21 +31,25 @@ def build_resources(settings: Settings) -> dict:
         )
     )
     if settings.is_local:
+        storage = LocalStorage(home=home, buckets=settings.storage.buckets)
         return {
             STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(description="local: steps run in-process"),
             "spark": SparkResource(local=True, **settings.spark.model_dump()),
             "tables": DeltaRsTables(),
             "catalog": LocalCatalog(home=home),
-            "storage": LocalStorage(home=home, buckets=settings.storage.buckets),
+            "storage": storage,
             "mlflow": mlflow,
             "nexus": nexus,
+            "audit": AuditLog.in_bucket(storage),
         }
+    storage = S3Storage(buckets=settings.storage.buckets)
     return {
         STEP_LAUNCHER_KEY: databricks_step_launcher(settings),
         "spark": SparkResource(local=False),
         "tables": SparkDeltaTables(),
         "catalog": UnityCatalog(),
-        "storage": S3Storage(buckets=settings.storage.buckets),
+        "storage": storage,
         "mlflow": mlflow,
         "nexus": nexus,
+        "audit": AuditLog.in_bucket(storage),
     }

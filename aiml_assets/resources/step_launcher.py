@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 from dagster_databricks import databricks_pyspark_step_launcher
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
+from aiml_assets.provenance import COMMIT_ENV_VAR, git_commit
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, Settings
 
 # What the remote process needs to import the code location; never the virtualenv, tests or local state.
@@ -87,7 +88,8 @@ def databricks_step_launcher(settings: Settings) -> ResourceDefinition:
         config = dict(context.resource_config)
         # The remote step rebuilds this resource from the same config, so it needs the host's env var too (the
         # host is not a secret; credentials come from the cluster's service principal).
-        config["env_variables"] = {**config["env_variables"], host_env_var: config["databricks_host"]}
+        config["env_variables"] = {**config["env_variables"], host_env_var: config["databricks_host"],
+                                   COMMIT_ENV_VAR: git_commit()}
         with tempfile.TemporaryDirectory(prefix="aiml_assets_code_") as bundle:
             config["local_pipeline_package_path"] = str(bundle_code(Path(bundle)))
             yield DatabricksPySparkStepLauncher(**config)

@@ -1,0 +1,239 @@
+"""Model versions: one propensity model per product, trained on the lab training set, gated, published to Nexus."""
+
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from dagster import (
+    AllPartitionMapping,
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionsDefinition,
+    asset,
+    asset_check,
+)
+from pyspark.sql import functions as F
+
+from aiml_assets.features.assets import TRAINING_KEY, lab_table
+from aiml_assets.models import diagnostics, registry
+from aiml_assets.models.binary import fetch_metadata, nexus_paths, publish_model
+from aiml_assets.models.gate import decide
+from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
+from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
+from aiml_assets.models.training import evaluate, log_and_register, prepare, registered_name, train
+from aiml_assets.plots import inline_markdown
+from aiml_assets.provenance import code_version
+from aiml_assets.quality import pandera_check, spark_schema
+from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.settings import Settings
+
+GROUP = "model_versions"
+MODEL_KEY = AssetKey(["models", "propensity_model"])
+BINARY_KEY = AssetKey(["models", "model_binary"])
+MODEL_RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "mlflow"}
+BINARY_RESOURCES = {STEP_LAUNCHER_KEY, "spark", "mlflow", "nexus"}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    rows: pd.DataFrame
+    table: str
+    table_version: int
+    snapshots: list[str]
+
+    def tags(self) -> dict[str, str]:
+        return {"training_table": self.table, "training_table_version": str(self.table_version),
+                "training_partitions": ",".join(self.snapshots)}
+
+
+def read_training_data(context, settings: Settings, product: str, snapshots: list[str] | None = None) -> TrainingData:
+    """One product's rows of the latest `training_snapshots` snapshots (or the given ones), read by catalog name."""
+    name, _ = lab_table(settings, TRAINING_KEY)
+    catalog, spark = context.resources.catalog, context.resources.spark.get_session()
+    table_version = catalog.version(name)
+    rows = catalog.read(spark, name).filter(F.col("product_code") == product)
+    if snapshots is None:
+        present = sorted(str(r[0]) for r in rows.select("snapshot_date").distinct().collect())
+        snapshots = present[-settings.models.training_snapshots:]
+    frame = rows.filter(F.col("snapshot_date").isin(snapshots)).toPandas()
+    return TrainingData(frame, name, table_version, snapshots)
+
+
+def _metric_metadata(metrics: dict[str, float]) -> dict:
+    return {key: MetadataValue.float(round(value, 6)) for key, value in metrics.items()}
+
+
+def model_assets(settings: Settings) -> list:
+    products = StaticPartitionsDefinition(settings.products)
+    common = dict(partitions_def=products, group_name=GROUP, owners=["team:aiml"])
+
+    @asset(
+        key=MODEL_KEY,
+        deps=[AssetDep(TRAINING_KEY, partition_mapping=AllPartitionMapping())],
+        description="Per product: a propensity classifier trained on the earlier training-set snapshots and "
+        "validated on the latest, tracked in MLflow and registered as a new version (gated before it gets an alias).",
+        required_resource_keys=MODEL_RESOURCES,
+        kinds={"mlflow", "scikitlearn"},
+        **common,
+    )
+    def propensity_model(context: AssetExecutionContext) -> MaterializeResult:
+        product = context.partition_key
+        name = registered_name(settings.catalog.aiml_catalog, product)
+        data = read_training_data(context, settings, product)
+        context.log.info(f"{product}: training on {len(data.rows)} rows of {data.table} version "
+                         f"{data.table_version}, snapshots {', '.join(data.snapshots)}")
+        trained = train(data.rows)
+        y, scores = trained.validation["label"].to_numpy(), trained.model.predict_proba(prepare(trained.validation))[:, 1]
+        roc = diagnostics.roc_png(y, scores, f"{product}: validation {trained.validation_snapshot}")
+        importance = diagnostics.feature_importance(trained.model, trained.validation)
+        importance_plot = diagnostics.importance_png(importance, f"{product}: permutation importance")
+        context.log.info(f"{product}: validation ROC AUC {trained.metrics['roc_auc']:.4f}; logging to MLflow")
+        run_id, version = log_and_register(
+            trained, experiment_id=context.resources.mlflow.activate(), name=name, product=product,
+            tags={"dagster_run_id": context.run.run_id, "dagster_asset": MODEL_KEY.to_user_string(),
+                  "code_version": code_version(), **data.tags()},
+            plots={"roc_curve.png": roc, "feature_importance.png": importance_plot}, importance=importance,
+        )
+        context.log.info(f"{product}: registered {name} version {version} (MLflow run {run_id})")
+        return MaterializeResult(metadata={
+            "model_name": MetadataValue.text(name),
+            "model_version": MetadataValue.int(version),
+            "mlflow_run_id": MetadataValue.text(run_id),
+            **_metric_metadata(trained.metrics),
+            "training_table": MetadataValue.text(data.table),
+            "training_table_version": MetadataValue.int(data.table_version),
+            "training_snapshots": MetadataValue.text(", ".join(trained.train_snapshots)),
+            "validation_snapshot": MetadataValue.text(trained.validation_snapshot),
+            "roc_curve": MetadataValue.md(inline_markdown(roc, "ROC curve")),
+            "feature_importance": MetadataValue.md(inline_markdown(importance_plot, "feature importance")),
+        })
+
+    @asset_check(
+        asset=MODEL_KEY, name="validation_gate", blocking=True, partitions_def=products,
+        required_resource_keys=MODEL_RESOURCES,
+        description="Reloads the registered version, re-scores its validation snapshot, and requires the env file's "
+        "thresholds and no loss against the champion; on pass the version gets the challenger alias.",
+    )
+    def validation_gate(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        candidate = _candidate(context, settings)
+        client = context.resources.mlflow.client()
+        champion_version = registry.alias_version(client, candidate.name, CHAMPION)
+        champion = None
+        if champion_version is not None and champion_version != candidate.version:
+            champion = evaluate(registry.load(candidate.name, champion_version), candidate.validation)
+        decision = decide(settings.models.gate, candidate.metrics, champion, champion_version)
+        message = decision.describe(candidate.name, candidate.version)
+        client.set_model_version_tag(candidate.name, str(candidate.version), GATE_TAG,
+                                     "passed" if decision.passed else "failed")
+        client.set_model_version_tag(candidate.name, str(candidate.version), "gate_metrics",
+                                     json.dumps({"candidate": decision.candidate, "champion": decision.champion}))
+        metadata = {"model_version": MetadataValue.int(candidate.version), **_metric_metadata(decision.candidate)}
+        if decision.champion is not None:
+            metadata["champion_version"] = MetadataValue.int(champion_version)
+            metadata["champion_roc_auc"] = MetadataValue.float(round(decision.champion["roc_auc"], 6))
+        if not decision.passed:
+            context.log.error(message)
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=message,
+                                    metadata=metadata)
+        client.set_registered_model_alias(candidate.name, CHALLENGER, str(candidate.version))
+        context.log.info(f"{message}; alias {CHALLENGER} -> version {candidate.version}")
+        return AssetCheckResult(passed=True, description=message, metadata=metadata)
+
+    @asset(
+        key=BINARY_KEY,
+        deps=[MODEL_KEY],
+        description="The challenger version's serialized model and its metadata (metrics, signature, git commit, "
+        "training data versions) in Nexus at a fixed path per name and version, each with a sha256; never data.",
+        required_resource_keys=BINARY_RESOURCES,
+        kinds={"nexus"},
+        **common,
+    )
+    def model_binary(context: AssetExecutionContext) -> MaterializeResult:
+        name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
+        client = context.resources.mlflow.client()
+        version = _challenger(client, name)
+        model_version = client.get_model_version(name, str(version))
+        run = client.get_run(model_version.run_id)
+        with tempfile.TemporaryDirectory(prefix="aiml_model_") as tmp:
+            model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+            signature = mlflow.models.Model.load(str(model_dir / "MLmodel")).signature
+            published = publish_model(context.resources.nexus, name, version, model_dir, metadata={
+                "name": name, "version": version, "mlflow_run_id": run.info.run_id,
+                "metrics": run.data.metrics, "signature": signature.to_dict() if signature else None,
+                "git_commit": run.data.tags.get("git_commit", "unknown"),
+                "code_version": run.data.tags.get("code_version", "unknown"),
+                "training_data": {k: run.data.tags.get(k) for k in
+                                  ("training_table", "training_table_version", "training_partitions")},
+            })
+        context.log.info(f"{name} version {version}: published to Nexus, model sha256 {published['model_sha256']}")
+        return MaterializeResult(metadata={
+            "model_name": MetadataValue.text(name),
+            "model_version": MetadataValue.int(version),
+            **{key: MetadataValue.text(value) for key, value in published.items()},
+        })
+
+    def scores_of_this_run(context):
+        candidate = _candidate(context, settings)
+        rows = candidate.validation[["customer_id", "snapshot_date", "product_code"]].copy()
+        rows["score"] = registry.load(candidate.name, candidate.version).predict_proba(
+            prepare(candidate.validation))[:, 1].astype("float64")
+        return context.resources.spark.get_session().createDataFrame(rows, schema=spark_schema(model_scores_schema(settings.products)))
+
+    def published_metadata(context):
+        name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
+        version = _challenger(context.resources.mlflow.client(), name)
+        meta = fetch_metadata(context.resources.nexus, name, version)
+        nexus = context.resources.nexus
+        row = {"name": meta["name"], "version": int(meta["version"]), "model_sha256": meta["model_sha256"],
+               "metadata_sha256": nexus.sha256(nexus_paths(name, version).metadata),
+               "roc_auc": float(meta["metrics"]["roc_auc"]), "git_commit": meta["git_commit"]}
+        return context.resources.spark.get_session().createDataFrame(
+            pd.DataFrame([row]), schema=spark_schema(model_binary_schema()))
+
+    return [
+        propensity_model, validation_gate, model_binary,
+        pandera_check(MODEL_KEY, model_scores_schema(settings.products), scores_of_this_run, MODEL_RESOURCES,
+                      partitions_def=products),
+        pandera_check(BINARY_KEY, model_binary_schema(), published_metadata, BINARY_RESOURCES,
+                      partitions_def=products),
+    ]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    version: int
+    validation: pd.DataFrame
+    metrics: dict[str, float]
+
+
+def _candidate(context, settings: Settings) -> Candidate:
+    """The version this run registered, re-scored from the registry on its own validation snapshot."""
+    product = context.partition_key
+    name = registered_name(settings.catalog.aiml_catalog, product)
+    experiment_id = context.resources.mlflow.activate()
+    run_id, version = registry.version_registered_by(experiment_id, context.run.run_id, product)
+    run = mlflow.get_run(run_id)
+    validation = read_training_data(context, settings, product, [run.data.tags["validation_snapshot"]]).rows
+    if len(validation) != int(run.data.metrics["validation_rows"]):
+        raise ValueError(f"{MODEL_KEY.to_user_string()} {product}: validation snapshot "
+                         f"{run.data.tags['validation_snapshot']} has {len(validation)} rows now, "
+                         f"{int(run.data.metrics['validation_rows'])} when version {version} was trained")
+    return Candidate(name, version, validation, evaluate(registry.load(name, version), validation))
+
+
+def _challenger(client, name: str) -> int:
+    version = registry.alias_version(client, name, CHALLENGER)
+    if version is None:
+        raise registry.ModelVersionNotFound(f"{name} has no {CHALLENGER} version: no version has passed the gate")
+    return version

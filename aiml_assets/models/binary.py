@@ -1,0 +1,95 @@
+"""A registered model version as a binary in Nexus: `models/<name>/<version>/model.zip` and its `metadata.json`.
+
+The model.zip is a deterministic zip of the MLflow model directory, so packaging the same version twice gives the
+same bytes and republishing it is a no-op. What may be in it is the Nexus resource's policy (`MLFLOW_MODEL_FILES`);
+it is applied here too, so a bad directory fails before anything is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiml_assets.resources.nexus import (
+    METADATA_JSON,
+    MODEL_ZIP,
+    PUBLISHABLE_PATH,
+    NexusRefused,
+    NexusRepository,
+    model_file_problem,
+    model_zip_entries,
+    read_metadata,
+)
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can record: no build time leaks into the bytes
+_REGULAR_FILE_0644 = 0o100644 << 16
+
+
+@dataclass(frozen=True)
+class NexusPaths:
+    model: str
+    metadata: str
+
+
+def nexus_paths(name: str, version: int) -> NexusPaths:
+    base = f"models/{name}/{version}"
+    paths = NexusPaths(model=f"{base}/{MODEL_ZIP}", metadata=f"{base}/{METADATA_JSON}")
+    if not PUBLISHABLE_PATH.fullmatch(paths.model):
+        raise ValueError(f"{name!r} version {version!r}: expected a registered model name (lower-case letters, "
+                         "digits, '_' and '.') and a positive integer version")
+    return paths
+
+
+def package_model(model_dir: Path) -> bytes:
+    """A deterministic zip of the MLflow model directory `model_dir`: same files, same bytes."""
+    model_dir = Path(model_dir)
+    files = {path.relative_to(model_dir).as_posix(): path for path in model_dir.rglob("*")
+             if path.is_symlink() or not path.is_dir()}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in sorted(files):
+            problem = model_file_problem(name) or ("is a symbolic link" if files[name].is_symlink() else None)
+            if problem:
+                raise NexusRefused(f"{model_dir}: refused: {name!r} {problem}")
+            entry = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+            entry.external_attr, entry.create_system = _REGULAR_FILE_0644, 3  # 3: unix, wherever we run
+            archive.writestr(entry, files[name].read_bytes(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
+    data = buffer.getvalue()
+    model_zip_entries(str(model_dir), data)  # every check publish applies, before anything is sent
+    return data
+
+
+def publish_model(nexus: NexusRepository, name: str, version: int, model_dir: Path, metadata: dict) -> dict:
+    """Publish the model directory as model.zip, then `metadata` plus the zip's sha256 as metadata.json."""
+    paths = nexus_paths(name, version)
+    model = package_model(model_dir)
+    document = json.dumps({**metadata, "model_sha256": hashlib.sha256(model).hexdigest()},
+                          sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
+    read_metadata(paths.metadata, document)  # bad metadata fails before the model is published without it
+    model_sha256 = nexus.publish(paths.model, model)
+    metadata_sha256 = nexus.publish(paths.metadata, document)
+    return {"model_path": paths.model, "model_sha256": model_sha256,
+            "metadata_path": paths.metadata, "metadata_sha256": metadata_sha256}
+
+
+def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path) -> Path:
+    """Unpack the published, sha256-verified model.zip into the empty or new directory `dst` and return it.
+    Load it with `mlflow.sklearn.load_model(str(dst))` (which trusts the skops types recorded in its MLmodel)."""
+    path = nexus_paths(name, version).model
+    entries = model_zip_entries(path, nexus.fetch(path))
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    if any(dst.iterdir()):
+        raise FileExistsError(f"{dst}: not empty; a fetched model gets a directory of its own")
+    for file_name, content in entries.items():
+        (dst / file_name).write_bytes(content)  # allow-listed plain file names: nothing can land outside dst
+    return dst
+
+
+def fetch_metadata(nexus: NexusRepository, name: str, version: int) -> dict:
+    path = nexus_paths(name, version).metadata
+    return read_metadata(path, nexus.fetch(path))

@@ -1,0 +1,271 @@
+"""Promotion of a gated model version through UAT to prod, only under a change request, always audited.
+
+`target=uat` makes the version UAT's challenger (the candidate in the parallel run). `target=prod` needs the same
+version in UAT's manifest already; it moves the registry alias `champion` to it and makes it the champion of prod's
+and UAT's manifests. The manifests are the `release_manifest` block at the end of resources/uat.yaml and prod.yaml,
+below a marker line: this module rewrites that block and nothing above it.
+
+Run as the `promote_model` job, by CI or `aiml promote --product P --version N --change-request CHG... --target T`.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from dagster import Config, ConfigurableResource, Failure, JobDefinition, OpExecutionContext, Output, job, op
+from mlflow.exceptions import MlflowException
+
+from aiml_assets.governance.audit import PROMOTION, PROMOTION_REFUSED, actor
+from aiml_assets.models.binary import fetch_metadata, nexus_paths
+from aiml_assets.models.registry import CHAMPION, GATE_TAG
+from aiml_assets.models.training import registered_name
+from aiml_assets.resources.nexus import NexusError
+from aiml_assets.settings import RESOURCES_DIR, ProductRelease, ReleaseEntry, Settings, SettingsError, parse_settings
+
+JOB_NAME = "promote_model"
+# ServiceNow change numbers, the same rule as the prod deploy gate (deployments/gitlab/check_change_request.py)
+CHANGE_REQUEST = re.compile(r"^CHG[0-9]{7}$")
+MANIFEST_MARKER = (
+    "# --- release_manifest below: written by `aiml promote` (the promote_model job) only; do not edit ---")
+PROMOTION_RESOURCES = {"mlflow", "nexus", "audit", "release_manifest"}
+
+Manifest = dict[str, ProductRelease]
+
+
+class PromotionRefused(Exception):
+    """A promotion that must not happen; nothing was changed."""
+
+
+class ManifestError(SettingsError):
+    """An env file whose release manifest block cannot be rewritten safely; nothing was changed."""
+
+
+class ReleaseManifest(ConfigurableResource):
+    """The release manifests of resources/<env>.yaml: read them, and rewrite only the block below the marker."""
+
+    resources_dir: str = str(RESOURCES_DIR)
+
+    def path(self, env: str) -> Path:
+        return Path(self.resources_dir) / f"{env}.yaml"
+
+    def read(self, env: str) -> Manifest:
+        return dict(parse_settings(self.path(env), expected_env=env).release_manifest)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serializes read-modify-write of the env files between promotions on this machine."""
+        fd = os.open(self.resources_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def check(self, manifests: dict[str, Manifest]) -> None:
+        """Validate the files `write` would produce, changing nothing."""
+        for staged in self._stage_all(manifests).values():
+            staged.unlink()
+
+    def write(self, manifests: dict[str, Manifest]) -> None:
+        """Replace each env's manifest block; every new file is validated before any file is replaced."""
+        for env, staged in self._stage_all(manifests).items():
+            os.replace(staged, self.path(env))  # readers see the old file or the new one, never half of one
+
+    def _stage_all(self, manifests: dict[str, Manifest]) -> dict[str, Path]:
+        staged: dict[str, Path] = {}
+        try:
+            for env, manifest in manifests.items():
+                staged[env] = self._stage(env, manifest)
+        except BaseException:
+            for path in staged.values():
+                path.unlink(missing_ok=True)
+            raise
+        return staged
+
+    def _stage(self, env: str, manifest: Manifest) -> Path:
+        path = self.path(env)
+        kept = {product: release for product, release in manifest.items() if release.champion or release.challenger}
+        block = yaml.safe_dump(
+            {"release_manifest": {p: kept[p].model_dump(exclude_none=True) for p in sorted(kept)}}, sort_keys=False)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        staged = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(_above_marker(path) + block.encode())
+            shutil.copymode(path, staged)
+            try:
+                written = parse_settings(staged, expected_env=env).release_manifest
+            except SettingsError as exc:
+                raise ManifestError(f"{path}: refusing to write an invalid release manifest: {exc}") from exc
+            if written != kept:
+                raise ManifestError(f"{path}: the rewritten release manifest does not read back as written")
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged
+
+
+def _above_marker(path: Path) -> bytes:
+    """Everything up to and including the marker line, byte for byte."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    marks = [i for i, line in enumerate(lines) if line.rstrip(b"\r\n") == MANIFEST_MARKER.encode()]
+    if len(marks) != 1:
+        raise ManifestError(f"{path}: expected exactly one marker line {MANIFEST_MARKER!r} above the "
+                            f"release_manifest block, found {len(marks)}")
+    head = lines[: marks[0] + 1]
+    if "release_manifest" in (yaml.safe_load(b"".join(head)) or {}):
+        raise ManifestError(f"{path}: release_manifest must appear only below the marker line")
+    if not head[-1].endswith(b"\n"):
+        head[-1] += b"\n"
+    return b"".join(head)
+
+
+class PromotionConfig(Config):
+    product: str
+    version: int
+    change_request: str = ""  # empty reaches the op, so that the refusal is audited
+    target: Literal["uat", "prod"]
+
+
+def check_change_request(change_request: str) -> str:
+    value = (change_request or "").strip()
+    if not value:
+        raise PromotionRefused("no change request id: every promotion needs an approved change request "
+                               "(CHG + 7 digits)")
+    if not CHANGE_REQUEST.fullmatch(value):
+        raise PromotionRefused(f"change request id {value!r} does not match {CHANGE_REQUEST.pattern}")
+    return value
+
+
+def verified_entry(context: OpExecutionContext, name: str, version: int, change_request: str) -> ReleaseEntry:
+    """The release entry of a registered, gate-passed version whose binary is in Nexus and matches its sha256."""
+    client = context.resources.mlflow.client()
+    try:
+        model_version = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise PromotionRefused(f"{name} has no version {version} in the model registry") from exc
+    gate = model_version.tags.get(GATE_TAG)
+    if gate != "passed":
+        raise PromotionRefused(f"{name} version {version} has not passed the validation gate ({GATE_TAG}={gate!r})")
+    nexus, path = context.resources.nexus, nexus_paths(name, version).model
+    try:
+        sha256 = nexus.sha256(path)
+        nexus.fetch(path)  # recomputes the sha256 of the stored bytes
+        metadata = fetch_metadata(nexus, name, version)
+    except NexusError as exc:
+        raise PromotionRefused(f"{name} version {version}: no verified binary in Nexus: {exc}") from exc
+    described = (metadata.get("name"), str(metadata.get("version")), metadata.get("model_sha256"))
+    if described != (name, str(version), sha256):
+        raise PromotionRefused(f"{name} version {version}: Nexus metadata.json describes {described}, "
+                               f"not this version's binary (sha256 {sha256})")
+    return ReleaseEntry(name=name, version=version, sha256=sha256, change_request=change_request)
+
+
+def _same(entry: ReleaseEntry | None, other: ReleaseEntry) -> bool:
+    return entry is not None and (entry.name, entry.version) == (other.name, other.version)
+
+
+def _with_champion(release: ProductRelease, entry: ReleaseEntry) -> ProductRelease:
+    """`entry` as the champion; the challenger stays unless it is that same version."""
+    return ProductRelease(champion=entry, challenger=None if _same(release.challenger, entry) else release.challenger)
+
+
+def plan_uat(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> dict[str, Manifest]:
+    uat = manifests.read("uat")
+    uat[product] = uat.get(product, ProductRelease()).model_copy(update={"challenger": entry})
+    return {"uat": uat}
+
+
+def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> dict[str, Manifest]:
+    uat, prod = manifests.read("uat"), manifests.read("prod")
+    in_uat = uat.get(product, ProductRelease())
+    tested = next((e for e in (in_uat.challenger, in_uat.champion) if _same(e, entry)), None)
+    if tested is None:
+        raise PromotionRefused(f"{entry.name} version {entry.version} is not in UAT's release manifest: "
+                               "promote it to uat first")
+    if tested.sha256 != entry.sha256:
+        raise PromotionRefused(f"{entry.name} version {entry.version}: Nexus sha256 {entry.sha256} differs from the "
+                               f"{tested.sha256} UAT ran")
+    prod[product] = _with_champion(prod.get(product, ProductRelease()), entry)
+    uat[product] = _with_champion(in_uat, entry)  # UAT runs prod's champion beside its own challenger
+    return {"prod": prod, "uat": uat}
+
+
+def promotion_resources(settings: Settings, resources_dir: str | Path = RESOURCES_DIR) -> dict:
+    """The environment's mlflow, nexus and audit resources, and the manifests of the env files in `resources_dir`."""
+    from aiml_assets.resources.per_environment import build_resources
+
+    bound = {key: value for key, value in build_resources(settings).items() if key in PROMOTION_RESOURCES}
+    return {**bound, "release_manifest": ReleaseManifest(resources_dir=str(resources_dir))}
+
+
+def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefinition:
+    """The `promote_model` job of the environment whose registry holds the versions (`settings`), with its own
+    resources (default `promotion_resources(settings)`), so that it needs no `release_manifest` elsewhere."""
+
+    @op(required_resource_keys=PROMOTION_RESOURCES,
+        description="Checks the change request, the gate tag and the Nexus binary, then writes the release manifest "
+        "(and for prod the champion alias) and an audit entry; a refusal changes nothing and is audited too.")
+    def promote(context: OpExecutionContext, config: PromotionConfig) -> Output:
+        audit, manifests = context.resources.audit, context.resources.release_manifest
+        audit.verify()  # a broken audit log stops the promotion before anything changes
+        name = registered_name(settings.catalog.aiml_catalog, config.product)
+        event = dict(subject=f"models:/{name}/{config.version}", actor=actor(context), environment=config.target,
+                     run_id=context.run_id, change_request=config.change_request.strip() or None)
+        details = {"product": config.product, "name": name, "version": config.version, "target": config.target,
+                   "registry_environment": settings.environment}
+        try:
+            change_request = check_change_request(config.change_request)
+            if config.product not in settings.products:
+                raise PromotionRefused(f"{config.product!r} is not a product of {settings.environment}")
+            with manifests.locked():
+                entry = verified_entry(context, name, config.version, change_request)
+                plan = (plan_prod if config.target == "prod" else plan_uat)(manifests, config.product, entry)
+                previous = manifests.read(config.target).get(config.product, ProductRelease())
+                manifests.check(plan)
+                if config.target == "prod":
+                    context.resources.mlflow.client().set_registered_model_alias(name, CHAMPION, str(entry.version))
+                manifests.write(plan)
+        except PromotionRefused as refusal:
+            audit.record(PROMOTION_REFUSED, **event, details={**details, "reason": str(refusal)})
+            raise Failure(description=f"promotion refused: {refusal}", allow_retries=False) from refusal
+        slot = "champion" if config.target == "prod" else "challenger"
+        replaced = getattr(previous, slot)
+        audit.record(PROMOTION, **event, details={**details, "sha256": entry.sha256, "slot": slot,
+                                                   "replaced": replaced.model_dump() if replaced else None})
+        context.log.info(f"{name} version {entry.version} is now {config.target}'s {slot} "
+                         f"(sha256 {entry.sha256}, change request {change_request})")
+        return Output(entry.model_dump(), metadata={**entry.model_dump(), "target": config.target, "slot": slot})
+
+    @job(name=JOB_NAME, resource_defs=promotion_resources(settings) if resources is None else resources,
+         description="Promote a gated model version to UAT or (through UAT) to prod under a change request.")
+    def promote_model():
+        promote()
+
+    return promote_model
+
+
+def promotion_run_config(product: str, version: int, change_request: str, target: str) -> dict:
+    config = {"product": product, "version": version, "change_request": change_request, "target": target}
+    return {"ops": {"promote": {"config": config}}}
+
+
+def failure_reason(result) -> str:
+    """Why a promote_model run failed, from its step failure (a refusal's description, or the error)."""
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return data.user_failure_data.description
+        error = data.error
+        while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
+            error = error.cause  # Dagster's wrapper around the op's own exception
+        if error is not None:
+            return error.message.strip()
+    return "the run failed before its step ran"
