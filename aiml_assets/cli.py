@@ -10,7 +10,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, RESOURCES_DIR, aiml_home, current_env, load_settings
+from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, aiml_home, current_env, load_settings
 
 
 def prepare_instance() -> Path:
@@ -70,7 +70,7 @@ def run_main_job() -> bool:
         return all(outcomes.values())
 
 
-def promote(product: str, version: int, change_request: str, target: str, resources_dir: Path) -> bool:
+def promote(product: str, version: int, change_request: str, target: str, resources_dir: Path | None) -> bool:
     """Run the promote_model job on the local Dagster instance and print its outcome."""
     from dagster import DagsterInstance
 
@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     promote_cmd.add_argument("--change-request", default="", help="ServiceNow change, e.g. CHG0123456 (required; "
                              "a promotion without one is refused and audited)")
     promote_cmd.add_argument("--target", choices=("uat", "prod"), required=True)
-    promote_cmd.add_argument("--resources-dir", type=Path, default=RESOURCES_DIR,
-                             help="where the env files whose release manifests are rewritten live")
+    promote_cmd.add_argument("--resources-dir", type=Path, default=None,
+                             help="where the env files whose release manifests are rewritten live (default: the "
+                             "repository's resources/ from lab; a copy under the AIML home locally)")
     args = parser.parse_args(argv)
 
     if args.command == "prepare-instance":

@@ -197,3 +197,19 @@ def test_a_zip_planted_behind_the_policy_is_refused_on_fetch(backend, registered
     with pytest.raises(NexusRefused, match="'train.csv' is a data file"):
         fetch_model(backend.nexus, registered.name, registered.version, tmp_path / "fetched")
     assert not (tmp_path / "fetched").exists()
+
+
+def test_a_model_logged_on_databricks_with_its_metadata_folder_is_publishable(backend, registered, tmp_path):
+    """On a Databricks runtime MLflow copies MLmodel, conda.yaml, python_env.yaml and requirements.txt into
+    `metadata/` (for Unity Catalog sharing); that is still only the model."""
+    model_dir = Path(shutil.copytree(registered.model_dir, tmp_path / "model"))
+    (model_dir / "metadata").mkdir()
+    for name in ("MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt"):
+        shutil.copy(model_dir / name, model_dir / "metadata" / name)
+    published = publish_model(backend.nexus, registered.name, registered.version, model_dir, metadata_of(registered))
+    fetched = fetch_model(backend.nexus, registered.name, registered.version, tmp_path / "fetched")
+    assert (fetched / "metadata" / "MLmodel").read_bytes() == (model_dir / "MLmodel").read_bytes()
+    assert published["model_sha256"] == backend.nexus.sha256(nexus_paths(registered.name, registered.version).model)
+    (model_dir / "metadata" / "train.csv").write_text("customer_id,label\nC00000001,1\n")
+    with pytest.raises(NexusRefused, match="'metadata/train.csv' is a data file"):
+        package_model(model_dir)

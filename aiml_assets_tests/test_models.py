@@ -49,9 +49,9 @@ class Lab:
     def __init__(self, defs, instance, settings, resources):
         self.defs, self.instance, self.settings, self.resources = defs, instance, settings, resources
 
-    def train(self, product: str):
+    def train(self, product: str, only=None):
         return self.defs.resolve_job_def(MODELS_JOB).execute_in_process(
-            instance=self.instance, tags={"dagster/partition": product}, raise_on_error=False)
+            instance=self.instance, tags={"dagster/partition": product}, raise_on_error=False, asset_selection=only)
 
     @property
     def mlflow(self) -> MlflowClient:
@@ -173,3 +173,27 @@ def test_weak_model_is_blocked_by_the_gate_against_thresholds_and_champion(lab):
     assert lab.mlflow.get_model_version(name, str(version)).tags[GATE_TAG] == "failed"
     assert int(lab.mlflow.get_model_version_by_alias(name, CHALLENGER).version) == champion
     assert not lab.resources["nexus"].exists(nexus_paths(name, version).model)
+
+    # model_binary on its own publishes the gated challenger, never the blocked version
+    alone = lab.train(product, only=[BINARY_KEY])
+    assert alone.success and lab.materialization(alone, BINARY_KEY).metadata["model_version"].value == champion
+    # and an alias moved by hand onto the blocked version does not get it into Nexus either
+    lab.mlflow.set_registered_model_alias(name, CHALLENGER, str(version))
+    by_hand = lab.train(product, only=[BINARY_KEY])
+    assert not by_hand.success and lab.materialization(by_hand, BINARY_KEY) is None
+    failure = by_hand.get_step_failure_events()[0].step_failure_data.error.to_string()
+    assert f"version {version}: validation gate verdict is 'failed'" in failure
+    assert not lab.resources["nexus"].exists(nexus_paths(name, version).model)
+
+
+def test_a_re_executed_run_finds_the_version_its_parent_registered(lab):
+    from aiml_assets.models.registry import ModelVersionNotFound, version_registered_by
+
+    product = "mortgage"
+    first = lab.train(product)
+    version = lab.materialization(first, MODEL_KEY).metadata["model_version"].value
+    experiment = lab.resources["mlflow"].activate()
+    # a re-execution from failure is a new run whose parent (and root) is the run that trained
+    assert version_registered_by(experiment, ["re-execution-run-id", first.run_id, first.run_id], product)[1] == version
+    with pytest.raises(ModelVersionNotFound, match="no mortgage model version was registered by Dagster run other"):
+        version_registered_by(experiment, ["other", None, None], product)

@@ -292,3 +292,13 @@ def test_a_file_whose_manifest_block_was_edited_by_hand_is_refused(platform, edi
     with pytest.raises(ManifestError, match=error):
         ReleaseManifest(resources_dir=str(platform.resources_dir)).write({"prod": {}})
     assert path.read_bytes() == before
+
+
+def test_a_local_promotion_never_rewrites_the_repositorys_manifests(aiml_home):
+    from aiml_assets.models.promotion import release_resources_dir
+
+    before = {env: (RESOURCES_DIR / f"{env}.yaml").read_bytes() for env in ("uat", "prod")}
+    local = release_resources_dir(load_settings("local"))
+    assert local == aiml_home / "resources" and (local / "prod.yaml").read_bytes() == before["prod"]
+    assert release_resources_dir(load_settings("lab")) == RESOURCES_DIR
+    assert {env: (RESOURCES_DIR / f"{env}.yaml").read_bytes() for env in ("uat", "prod")} == before

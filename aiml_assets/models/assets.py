@@ -3,7 +3,7 @@
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -33,7 +33,7 @@ from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
 from aiml_assets.models.training import evaluate, log_and_register, prepare, registered_name, train
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
-from aiml_assets.quality import pandera_check, spark_schema
+from aiml_assets.quality import pandera_check, spark_schema, validate
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 
@@ -76,6 +76,14 @@ def _metric_metadata(metrics: dict[str, float]) -> dict:
 def model_assets(settings: Settings) -> list:
     products = StaticPartitionsDefinition(settings.products)
     common = dict(partitions_def=products, group_name=GROUP, owners=["team:aiml"])
+
+    scores_schema = model_scores_schema(settings.products)
+
+    def scores_frame(context, candidate: "Candidate"):
+        rows = candidate.validation[["customer_id", "snapshot_date", "product_code"]].copy()
+        rows["score"] = registry.load(candidate.name, candidate.version).predict_proba(
+            prepare(candidate.validation))[:, 1].astype("float64")
+        return context.resources.spark.get_session().createDataFrame(rows, schema=spark_schema(scores_schema))
 
     @asset(
         key=MODEL_KEY,
@@ -132,11 +140,15 @@ def model_assets(settings: Settings) -> list:
         if champion_version is not None and champion_version != candidate.version:
             champion = evaluate(registry.load(candidate.name, champion_version), candidate.validation)
         decision = decide(settings.models.gate, candidate.metrics, champion, champion_version)
+        # The scores' own schema is part of the verdict: the alias must not go to a version whose
+        # ModelScores_schema check (a separate step) could still fail after this one passed.
+        rows, violations = validate(scores_schema, scores_frame(context, candidate))
+        decision = replace(decision, failures=decision.failures + [f"scores: {v.describe(rows)}" for v in violations])
         message = decision.describe(candidate.name, candidate.version)
-        client.set_model_version_tag(candidate.name, str(candidate.version), GATE_TAG,
-                                     "passed" if decision.passed else "failed")
-        client.set_model_version_tag(candidate.name, str(candidate.version), "gate_metrics",
+        version = str(candidate.version)
+        client.set_model_version_tag(candidate.name, version, "gate_metrics",
                                      json.dumps({"candidate": decision.candidate, "champion": decision.champion}))
+        client.set_model_version_tag(candidate.name, version, GATE_TAG, "passed" if decision.passed else "failed")
         metadata = {"model_version": MetadataValue.int(candidate.version), **_metric_metadata(decision.candidate)}
         if decision.champion is not None:
             metadata["champion_version"] = MetadataValue.int(champion_version)
@@ -145,15 +157,15 @@ def model_assets(settings: Settings) -> list:
             context.log.error(message)
             return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=message,
                                     metadata=metadata)
-        client.set_registered_model_alias(candidate.name, CHALLENGER, str(candidate.version))
-        context.log.info(f"{message}; alias {CHALLENGER} -> version {candidate.version}")
+        client.set_registered_model_alias(candidate.name, CHALLENGER, version)
+        context.log.info(f"{message}; alias {CHALLENGER} -> version {version}")
         return AssetCheckResult(passed=True, description=message, metadata=metadata)
 
     @asset(
         key=BINARY_KEY,
         deps=[MODEL_KEY],
-        description="The challenger version's serialized model and its metadata (metrics, signature, git commit, "
-        "training data versions) in Nexus at a fixed path per name and version, each with a sha256; never data.",
+        description="The gated version's (this run's, else the challenger's) serialized model and its metadata "
+        "(metrics, signature, git commit, training data versions) in Nexus at a fixed path per name and version, each with a sha256; never data.",
         required_resource_keys=BINARY_RESOURCES,
         kinds={"nexus"},
         **common,
@@ -161,7 +173,7 @@ def model_assets(settings: Settings) -> list:
     def model_binary(context: AssetExecutionContext) -> MaterializeResult:
         name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
         client = context.resources.mlflow.client()
-        version = _challenger(client, name)
+        version = _version_to_publish(context, client, name)
         model_version = client.get_model_version(name, str(version))
         run = client.get_run(model_version.run_id)
         with tempfile.TemporaryDirectory(prefix="aiml_model_") as tmp:
@@ -182,16 +194,9 @@ def model_assets(settings: Settings) -> list:
             **{key: MetadataValue.text(value) for key, value in published.items()},
         })
 
-    def scores_of_this_run(context):
-        candidate = _candidate(context, settings)
-        rows = candidate.validation[["customer_id", "snapshot_date", "product_code"]].copy()
-        rows["score"] = registry.load(candidate.name, candidate.version).predict_proba(
-            prepare(candidate.validation))[:, 1].astype("float64")
-        return context.resources.spark.get_session().createDataFrame(rows, schema=spark_schema(model_scores_schema(settings.products)))
-
     def published_metadata(context):
         name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
-        version = _challenger(context.resources.mlflow.client(), name)
+        version = _version_to_publish(context, context.resources.mlflow.client(), name)
         meta = fetch_metadata(context.resources.nexus, name, version)
         nexus = context.resources.nexus
         row = {"name": meta["name"], "version": int(meta["version"]), "model_sha256": meta["model_sha256"],
@@ -202,8 +207,8 @@ def model_assets(settings: Settings) -> list:
 
     return [
         propensity_model, validation_gate, model_binary,
-        pandera_check(MODEL_KEY, model_scores_schema(settings.products), scores_of_this_run, MODEL_RESOURCES,
-                      partitions_def=products),
+        pandera_check(MODEL_KEY, scores_schema, lambda context: scores_frame(context, _candidate(context, settings)),
+                      MODEL_RESOURCES, partitions_def=products),
         pandera_check(BINARY_KEY, model_binary_schema(), published_metadata, BINARY_RESOURCES,
                       partitions_def=products),
     ]
@@ -222,7 +227,7 @@ def _candidate(context, settings: Settings) -> Candidate:
     product = context.partition_key
     name = registered_name(settings.catalog.aiml_catalog, product)
     experiment_id = context.resources.mlflow.activate()
-    run_id, version = registry.version_registered_by(experiment_id, context.run.run_id, product)
+    run_id, version = registry.version_registered_by(experiment_id, _lineage(context), product)
     run = mlflow.get_run(run_id)
     validation = read_training_data(context, settings, product, [run.data.tags["validation_snapshot"]]).rows
     if len(validation) != int(run.data.metrics["validation_rows"]):
@@ -232,8 +237,24 @@ def _candidate(context, settings: Settings) -> Candidate:
     return Candidate(name, version, validation, evaluate(registry.load(name, version), validation))
 
 
-def _challenger(client, name: str) -> int:
-    version = registry.alias_version(client, name, CHALLENGER)
-    if version is None:
-        raise registry.ModelVersionNotFound(f"{name} has no {CHALLENGER} version: no version has passed the gate")
+def _lineage(context) -> list[str]:
+    """This run, then the run it re-executes from failure and the root of that chain."""
+    return [context.run.run_id, context.run.parent_run_id, context.run.root_run_id]
+
+
+def _version_to_publish(context, client, name: str) -> int:
+    """The version this run (or the run it re-executes) trained, else the current challenger; either way only a
+    version whose gate verdict is "passed"."""
+    try:
+        _, version = registry.version_registered_by(context.resources.mlflow.activate(), _lineage(context),
+                                                    context.partition_key)
+    except registry.ModelVersionNotFound:
+        version = registry.alias_version(client, name, CHALLENGER)
+        if version is None:
+            raise registry.ModelVersionNotFound(
+                f"{name} has no {CHALLENGER} version: no version has passed the gate") from None
+    verdict = client.get_model_version(name, str(version)).tags.get(GATE_TAG)
+    if verdict != "passed":
+        raise registry.GateNotPassed(f"{name} version {version}: validation gate verdict is {verdict!r}, not "
+                                     f"'passed'; only gated versions are published to Nexus")
     return version

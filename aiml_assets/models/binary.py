@@ -86,7 +86,9 @@ def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path) -> P
     if any(dst.iterdir()):
         raise FileExistsError(f"{dst}: not empty; a fetched model gets a directory of its own")
     for file_name, content in entries.items():
-        (dst / file_name).write_bytes(content)  # allow-listed plain file names: nothing can land outside dst
+        target = dst / file_name  # allow-listed names: nothing can land outside dst
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(content)
     return dst
 
 

@@ -27,7 +27,9 @@ from aiml_assets.models.binary import fetch_metadata, nexus_paths
 from aiml_assets.models.registry import CHAMPION, GATE_TAG
 from aiml_assets.models.training import registered_name
 from aiml_assets.resources.nexus import NexusError
-from aiml_assets.settings import RESOURCES_DIR, ProductRelease, ReleaseEntry, Settings, SettingsError, parse_settings
+from aiml_assets.settings import (
+    RESOURCES_DIR, ProductRelease, ReleaseEntry, Settings, SettingsError, aiml_home, parse_settings,
+)
 
 JOB_NAME = "promote_model"
 # ServiceNow change numbers, the same rule as the prod deploy gate (deployments/gitlab/check_change_request.py)
@@ -198,8 +200,21 @@ def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> 
     return {"prod": prod, "uat": uat}
 
 
-def promotion_resources(settings: Settings, resources_dir: str | Path = RESOURCES_DIR) -> dict:
-    """The environment's mlflow, nexus and audit resources, and the manifests of the env files in `resources_dir`."""
+def release_resources_dir(settings: Settings) -> Path:
+    """Whose env files a promotion rewrites. From lab, the repository's (the GitLab pipeline commits them). From the
+    local registry, a copy under the AIML home: local versions and sha256s must never reach the real manifests."""
+    if not settings.is_local:
+        return RESOURCES_DIR
+    local = aiml_home() / "resources"
+    if not local.is_dir():
+        shutil.copytree(RESOURCES_DIR, local)
+    return local
+
+
+def promotion_resources(settings: Settings, resources_dir: str | Path | None = None) -> dict:
+    """The environment's mlflow, nexus and audit resources, and the manifests of the env files in `resources_dir`
+    (default `release_resources_dir(settings)`)."""
+    resources_dir = release_resources_dir(settings) if resources_dir is None else resources_dir
     from aiml_assets.resources.per_environment import build_resources
 
     bound = {key: value for key, value in build_resources(settings).items() if key in PROMOTION_RESOURCES}

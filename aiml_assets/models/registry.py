@@ -19,27 +19,40 @@ class ModelVersionNotFound(LookupError):
     pass
 
 
-def version_registered_by(experiment_id: str, dagster_run_id: str, product: str) -> tuple[str, int]:
-    """(MLflow run id, version) of the model that Dagster run `dagster_run_id` trained for `product`."""
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id], output_format="list",
-        filter_string=f"tags.dagster_run_id = '{dagster_run_id}' and tags.product = '{product}'",
-    )
-    registered = [r for r in runs if VERSION_TAG in r.data.tags]
-    if not registered:
-        raise ModelVersionNotFound(
-            f"no {product} model version was registered by Dagster run {dagster_run_id}; materialize "
-            f"models/propensity_model for {product} together with its checks"
+class GateNotPassed(PermissionError):
+    pass
+
+
+def version_registered_by(experiment_id: str, dagster_run_ids: list[str], product: str) -> tuple[str, int]:
+    """(MLflow run id, version) of the model that the Dagster run, or the run it re-executes (`dagster_run_ids`:
+    this run first, then its parent and root), trained for `product`."""
+    for dagster_run_id in dict.fromkeys(r for r in dagster_run_ids if r):
+        runs = mlflow.search_runs(
+            experiment_ids=[experiment_id], output_format="list",
+            filter_string=f"tags.dagster_run_id = '{dagster_run_id}' and tags.product = '{product}'",
         )
-    run = max(registered, key=lambda r: r.info.start_time)
-    return run.info.run_id, int(run.data.tags[VERSION_TAG])
+        registered = [r for r in runs if VERSION_TAG in r.data.tags]
+        if registered:
+            run = max(registered, key=lambda r: r.info.start_time)  # a step retry registers again: the last one
+            return run.info.run_id, int(run.data.tags[VERSION_TAG])
+    raise ModelVersionNotFound(
+        f"no {product} model version was registered by Dagster run {dagster_run_ids[0]} or the run it re-executes; "
+        f"materialize models/propensity_model for {product} together with its checks"
+    )
+
+
+# What the registry answers when the model or the alias does not exist; anything else (permissions, outages) is
+# an error, never "no champion": the gate must not skip its champion comparison because the registry was down.
+_ABSENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
     try:
         return int(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in _ABSENT:
+            return None
+        raise
 
 
 def load(name: str, version: int):

@@ -149,6 +149,9 @@ MLFLOW_MODEL_FILES = {
     "serving_input_example.json": ModelFile("JSON", _is_json),
     "model.skops": ModelFile("a skops archive", lambda b: b.startswith(b"PK\x03\x04"), MAX_SERIALIZED_MODEL_BYTES),
 }
+# On a Databricks runtime MLflow also copies the metadata files into `metadata/` (for Unity Catalog sharing).
+MLFLOW_MODEL_FILES.update({f"metadata/{name}": MLFLOW_MODEL_FILES[name]
+                           for name in ("MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt")})
 SERIALIZED_MODEL_FILES = ("model.skops",)
 
 
