@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from aiml_assets import cli
-from aiml_assets.governance.audit import PROMOTION, PROMOTION_REFUSED
+from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED
 from aiml_assets.models.binary import nexus_paths, publish_model
 from aiml_assets.models.promotion import (
     MANIFEST_MARKER,
@@ -84,6 +84,29 @@ def _publish(nexus, client: MlflowClient, version: int, downloads: Path) -> None
         "git_commit": run.data.tags["git_commit"], "training_data": {"training_table": "synthetic"}})
 
 
+class FailingManifest(ReleaseManifest):
+    """The env files cannot be written (a full disk, a lost mount): fault injection for the rollback."""
+
+    def write(self, manifests) -> None:
+        raise OSError("No space left on device")
+
+
+def test_a_failed_manifest_write_puts_the_champion_alias_back_and_is_audited(platform):
+    assert platform.promote(PASSED, "uat", CR_UAT).success
+    assert platform.promote(PASSED, "prod", CR_PROD).success  # champion = PASSED
+    newer = platform.register_passed_copy()
+    assert platform.promote(newer, "uat", CR_UAT).success
+    before = platform.file_bytes()
+    platform.resources["release_manifest"] = FailingManifest(resources_dir=str(platform.resources_dir))
+    result = platform.promote(newer, "prod", CR_PROD)
+    assert not result.success and "No space left on device" in failure_reason(result)
+    assert platform.alias(CHAMPION) == PASSED  # not left pointing at a version prod's manifest does not name
+    assert platform.file_bytes() == before
+    started, failed = platform.audit()[-2:]
+    assert (started["action"], failed["action"]) == (PROMOTION_STARTED, PROMOTION_FAILED)
+    assert started["run_id"] == failed["run_id"] == result.run_id and "No space left" in failed["details"]["error"]
+
+
 class Platform:
     """This test's copy of the registry, Nexus and env files, and a way to run the promotion job on them."""
 
@@ -96,6 +119,14 @@ class Platform:
         job = promotion_job(self.settings, self.resources)
         return job.execute_in_process(run_config=promotion_run_config(product, version, change_request, target),
                                       instance=self.instance, raise_on_error=False)
+
+    def register_passed_copy(self) -> int:
+        """Another gated, published version (the same logged model registered again)."""
+        client = self.resources["mlflow"].client()
+        version = int(mlflow.register_model(client.get_model_version(NAME, str(PASSED)).source, NAME).version)
+        _gate(client, version, "passed")
+        _publish(self.resources["nexus"], client, version, self.home / "downloads")
+        return version
 
     def alias(self, alias: str) -> int | None:
         return alias_version(self.resources["mlflow"].client(), NAME, alias)
@@ -172,9 +203,11 @@ def test_promotion_goes_through_uat_to_prod_under_change_requests(platform):
     for env in ("uat", "prod"):  # everything above the marker is byte for byte what it was
         head = original[env][: original[env].index(MANIFEST_MARKER.encode())]
         assert platform.file_bytes()[env].startswith(head)
-    promotions = platform.audit()
-    assert [(e["action"], e["environment"], e["run_id"], e["change_request"]) for e in promotions] == [
-        (PROMOTION, "uat", uat_run.run_id, CR_UAT), (PROMOTION, "prod", prod_run.run_id, CR_PROD)]
+    events = platform.audit()
+    assert [(e["action"], e["environment"], e["run_id"], e["change_request"]) for e in events] == [
+        (PROMOTION_STARTED, "uat", uat_run.run_id, CR_UAT), (PROMOTION, "uat", uat_run.run_id, CR_UAT),
+        (PROMOTION_STARTED, "prod", prod_run.run_id, CR_PROD), (PROMOTION, "prod", prod_run.run_id, CR_PROD)]
+    promotions = [e for e in events if e["action"] == PROMOTION]
     for event in promotions:
         assert event["subject"] == f"models:/{NAME}/{PASSED}" and event["actor"]
         assert {k: event["details"][k] for k in ("name", "version", "sha256")} == {
@@ -247,8 +280,8 @@ def test_the_cli_promotes_on_the_local_instance(platform, monkeypatch, tmp_path,
     assert platform.manifest("uat")[PRODUCT].challenger.change_request == CR_UAT
     assert platform.manifest("prod") == {}
     events = platform.audit()
-    assert [(e["action"], e["actor"]) for e in events] == [(PROMOTION, "rtb.engineer"),
-                                                           (PROMOTION_REFUSED, "rtb.engineer")]
+    assert [(e["action"], e["actor"]) for e in events] == [
+        (PROMOTION_STARTED, "rtb.engineer"), (PROMOTION, "rtb.engineer"), (PROMOTION_REFUSED, "rtb.engineer")]
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:  # the runs are in the instance the CLI prepared

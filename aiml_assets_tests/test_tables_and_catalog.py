@@ -89,6 +89,18 @@ def test_local_catalog_registers_and_reads_by_name(spark, tmp_path, table):
     assert again.names() == ["aiml_local.lab.customer_features"]
 
 
+def test_catalog_reads_a_pinned_version_after_the_table_moved_on(spark, tmp_path, table):
+    """A model records the training table version it used; its gate re-reads exactly that version."""
+    tables, catalog = DeltaRsTables(), LocalCatalog(home=str(tmp_path))
+    tables.write(_snapshot(spark, "2024-01-31", 7), table, run_id="r1", partition_by=["snapshot_date"])
+    catalog.register("aiml_local.lab.training_set", table, owner="team:aiml")
+    tables.write(_snapshot(spark, "2024-01-31", 3, offset=100), table, run_id="r2", partition_by=["snapshot_date"],
+                 replace={"snapshot_date": "2024-01-31"})
+    assert catalog.read(spark, "aiml_local.lab.training_set").count() == 3
+    pinned = catalog.read(spark, "aiml_local.lab.training_set", 0)
+    assert pinned.count() == 7 and pinned.agg(F.max("id")).first()[0] == 6
+
+
 @pytest.mark.parametrize("name", ["customers", "edp.customers", "edp.fdp.customers.x", "EDP.fdp.customers"])
 def test_catalog_names_are_three_level(tmp_path, name):
     with pytest.raises(CatalogError, match="not a three-level catalog name"):

@@ -28,6 +28,8 @@ RUN_ID_KEY = "dagster_run_id"  # commit metadata, as in resources/tables.py
 
 PROMOTION = "promotion"
 PROMOTION_REFUSED = "promotion_refused"
+PROMOTION_STARTED = "promotion_started"  # recorded before anything changes, so a crash mid-way leaves a trace
+PROMOTION_FAILED = "promotion_failed"
 
 SCHEMA = pa.schema([
     pa.field("event_id", pa.string(), nullable=False),

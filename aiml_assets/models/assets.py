@@ -56,17 +56,19 @@ class TrainingData:
                 "training_partitions": ",".join(self.snapshots)}
 
 
-def read_training_data(context, settings: Settings, product: str, snapshots: list[str] | None = None) -> TrainingData:
-    """One product's rows of the latest `training_snapshots` snapshots (or the given ones), read by catalog name."""
+def read_training_data(context, settings: Settings, product: str, *, version: int | None = None,
+                       snapshots: list[str] | None = None) -> TrainingData:
+    """One product's rows of the training set at Delta `version` (default: its current version, then pinned), of
+    the given snapshots or the latest `training_snapshots` ones, read by catalog name."""
     name, _ = lab_table(settings, TRAINING_KEY)
     catalog, spark = context.resources.catalog, context.resources.spark.get_session()
-    table_version = catalog.version(name)
-    rows = catalog.read(spark, name).filter(F.col("product_code") == product)
+    version = catalog.version(name) if version is None else version
+    rows = catalog.read(spark, name, version).filter(F.col("product_code") == product)
     if snapshots is None:
         present = sorted(str(r[0]) for r in rows.select("snapshot_date").distinct().collect())
         snapshots = present[-settings.models.training_snapshots:]
     frame = rows.filter(F.col("snapshot_date").isin(snapshots)).toPandas()
-    return TrainingData(frame, name, table_version, snapshots)
+    return TrainingData(frame, name, version, snapshots)
 
 
 def _metric_metadata(metrics: dict[str, float]) -> dict:
@@ -228,12 +230,10 @@ def _candidate(context, settings: Settings) -> Candidate:
     name = registered_name(settings.catalog.aiml_catalog, product)
     experiment_id = context.resources.mlflow.activate()
     run_id, version = registry.version_registered_by(experiment_id, _lineage(context), product)
-    run = mlflow.get_run(run_id)
-    validation = read_training_data(context, settings, product, [run.data.tags["validation_snapshot"]]).rows
-    if len(validation) != int(run.data.metrics["validation_rows"]):
-        raise ValueError(f"{MODEL_KEY.to_user_string()} {product}: validation snapshot "
-                         f"{run.data.tags['validation_snapshot']} has {len(validation)} rows now, "
-                         f"{int(run.data.metrics['validation_rows'])} when version {version} was trained")
+    tags = mlflow.get_run(run_id).data.tags
+    # the same rows the asset validated on: the training table as of the version it trained from
+    validation = read_training_data(context, settings, product, version=int(tags["training_table_version"]),
+                                    snapshots=[tags["validation_snapshot"]]).rows
     return Candidate(name, version, validation, evaluate(registry.load(name, version), validation))
 
 

@@ -22,9 +22,9 @@ import yaml
 from dagster import Config, ConfigurableResource, Failure, JobDefinition, OpExecutionContext, Output, job, op
 from mlflow.exceptions import MlflowException
 
-from aiml_assets.governance.audit import PROMOTION, PROMOTION_REFUSED, actor
+from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED, actor
 from aiml_assets.models.binary import fetch_metadata, nexus_paths
-from aiml_assets.models.registry import CHAMPION, GATE_TAG
+from aiml_assets.models.registry import CHAMPION, GATE_TAG, alias_version
 from aiml_assets.models.training import registered_name
 from aiml_assets.resources.nexus import NexusError
 from aiml_assets.settings import (
@@ -221,6 +221,23 @@ def promotion_resources(settings: Settings, resources_dir: str | Path | None = N
     return {**bound, "release_manifest": ReleaseManifest(resources_dir=str(resources_dir))}
 
 
+def _apply(context, name: str, entry: ReleaseEntry, target: str, manifests: ReleaseManifest, plan) -> None:
+    """Move the champion alias (prod) and write the manifests, or neither: if the write fails, the alias goes back."""
+    client = context.resources.mlflow.client()
+    previous = alias_version(client, name, CHAMPION) if target == "prod" else None
+    if target == "prod":
+        client.set_registered_model_alias(name, CHAMPION, str(entry.version))
+    try:
+        manifests.write(plan)
+    except BaseException:
+        if target == "prod":
+            if previous is None:
+                client.delete_registered_model_alias(name, CHAMPION)
+            else:
+                client.set_registered_model_alias(name, CHAMPION, str(previous))
+        raise
+
+
 def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefinition:
     """The `promote_model` job of the environment whose registry holds the versions (`settings`), with its own
     resources (default `promotion_resources(settings)`), so that it needs no `release_manifest` elsewhere."""
@@ -245,9 +262,12 @@ def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefin
                 plan = (plan_prod if config.target == "prod" else plan_uat)(manifests, config.product, entry)
                 previous = manifests.read(config.target).get(config.product, ProductRelease())
                 manifests.check(plan)
-                if config.target == "prod":
-                    context.resources.mlflow.client().set_registered_model_alias(name, CHAMPION, str(entry.version))
-                manifests.write(plan)
+                audit.record(PROMOTION_STARTED, **event, details={**details, "sha256": entry.sha256})
+                try:
+                    _apply(context, name, entry, config.target, manifests, plan)
+                except Exception as exc:
+                    audit.record(PROMOTION_FAILED, **event, details={**details, "error": f"{type(exc).__name__}: {exc}"})
+                    raise
         except PromotionRefused as refusal:
             audit.record(PROMOTION_REFUSED, **event, details={**details, "reason": str(refusal)})
             raise Failure(description=f"promotion refused: {refusal}", allow_retries=False) from refusal

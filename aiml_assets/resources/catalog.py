@@ -31,7 +31,8 @@ def check_name(name: str) -> str:
 
 class Catalog(ConfigurableResource, ABC):
     @abstractmethod
-    def read(self, spark: SparkSession, name: str) -> DataFrame: ...
+    def read(self, spark: SparkSession, name: str, version: int | None = None) -> DataFrame:
+        """The table `name` as of Delta `version` (time travel), or its current version."""
 
     @abstractmethod
     def location(self, name: str) -> str: ...
@@ -100,8 +101,8 @@ class LocalCatalog(Catalog):
         with closing(self._connect()) as conn:
             return [row[0] for row in conn.execute("SELECT name FROM tables ORDER BY name")]
 
-    def read(self, spark, name) -> DataFrame:
-        return DeltaRsTables().read(spark, self.location(name))
+    def read(self, spark, name, version=None) -> DataFrame:
+        return DeltaRsTables().read(spark, self.location(name), version)
 
     def version(self, name) -> int:
         return DeltaRsTables().version(self.location(name))
@@ -113,8 +114,10 @@ class UnityCatalog(Catalog):
     def _spark(self) -> SparkSession:
         return SparkSession.builder.getOrCreate()
 
-    def read(self, spark, name) -> DataFrame:
-        return spark.table(check_name(name))
+    def read(self, spark, name, version=None) -> DataFrame:
+        if version is None:
+            return spark.table(check_name(name))
+        return spark.sql(f"SELECT * FROM {check_name(name)} VERSION AS OF {int(version)}")
 
     def location(self, name) -> str:
         return self._spark().sql(f"DESCRIBE DETAIL {check_name(name)}").first()["location"]

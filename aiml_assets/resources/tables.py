@@ -47,7 +47,8 @@ class DeltaTables(ConfigurableResource, ABC):
         """
 
     @abstractmethod
-    def read(self, spark: SparkSession, location: str) -> DataFrame: ...
+    def read(self, spark: SparkSession, location: str, version: int | None = None) -> DataFrame:
+        """The table as of `version` (time travel), or its current version."""
 
     @abstractmethod
     def version(self, location: str) -> int: ...
@@ -132,8 +133,8 @@ class DeltaRsTables(DeltaTables):
             partition_filters=filters, commit_properties=properties,
         )
 
-    def read(self, spark, location) -> DataFrame:
-        table = DeltaTable(location)
+    def read(self, spark, location, version=None) -> DataFrame:
+        table = DeltaTable(location, version=version)
         schema = from_arrow_schema(pa.schema(table.schema().to_arrow()), prefer_timestamp_ntz=False)
         files = table.file_uris()
         if not files:
@@ -159,8 +160,9 @@ class SparkDeltaTables(DeltaTables):
         writer.save(location)
         return self.version(location)
 
-    def read(self, spark, location) -> DataFrame:
-        return spark.read.format("delta").load(location)
+    def read(self, spark, location, version=None) -> DataFrame:
+        reader = spark.read.format("delta")
+        return (reader if version is None else reader.option("versionAsOf", version)).load(location)
 
     def _last_commit(self, location):
         spark = SparkSession.builder.getOrCreate()
