@@ -213,3 +213,11 @@ def test_a_model_logged_on_databricks_with_its_metadata_folder_is_publishable(ba
     (model_dir / "metadata" / "train.csv").write_text("customer_id,label\nC00000001,1\n")
     with pytest.raises(NexusRefused, match="'metadata/train.csv' is a data file"):
         package_model(model_dir)
+
+
+def test_the_model_states_its_own_requirements_at_the_trained_versions(registered):
+    from importlib.metadata import version
+
+    requirements = (registered.model_dir / "requirements.txt").read_text().split()
+    assert f"scikit-learn=={version('scikit-learn')}" in requirements and f"skops=={version('skops')}" in requirements
+    assert not [r for r in requirements if r.startswith(("pytest", "rich", "dagster"))]  # nothing the process had

@@ -71,7 +71,7 @@ mlflow_version: 3.17.2
 MODEL_FILES = {
     "MLmodel": MLMODEL, "model.skops": skops_model(1.0), "requirements.txt": b"mlflow==3.17.2\nscikit-learn==1.9.1\n",
     "conda.yaml": b"name: mlflow-env\ndependencies: [python=3.11]\n", "python_env.yaml": b"python: 3.11.7\n",
-    "input_example.json": b'{"columns": ["x"], "data": [[1.0], [NaN]]}',  # as MLflow writes a missing value
+    "input_example.json": b'{"columns": ["x", "y"], "data": [[1.0, NaN]]}',  # as MLflow writes a missing value
 }
 MODEL = zip_of(MODEL_FILES)
 RETRAINED = zip_of({**MODEL_FILES, "model.skops": skops_model(0.1)})  # the same version, trained again
@@ -271,8 +271,13 @@ def entry(name: str, content: bytes, rule: str, id: str):
     entry("notes.md", b"# model card", "'notes.md' is not a file of an MLflow model directory", "unknown-entry"),
     entry("model.skops", PARQUET, "'model.skops' is Parquet data", "parquet-as-model"),
     entry("requirements.txt", b"mlflow\n" + PARQUET, "'requirements.txt' is Parquet data", "parquet-in-text"),
-    entry("input_example.json", CSV, "'input_example.json' is not JSON", "csv-as-json"),
-    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0]', "'input_example.json' is not JSON",
+    entry("input_example.json", CSV, "'input_example.json' is not a JSON input example", "csv-as-json"),
+    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0], [2.0]]}',
+          "'input_example.json' is not a JSON input example of at most 1 row", "customer-rows-as-example"),
+    entry("serving_input_example.json", b'{"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.0]]}}',
+          "'serving_input_example.json' is not a JSON input example", "customer-rows-as-serving-example"),
+    entry("requirements.txt", CSV, "'requirements.txt' is not pip requirements", "csv-as-requirements"),
+    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0]', "'input_example.json' is not a JSON input example",
           "truncated-json"),
     entry("conda.yaml", CSV, "'conda.yaml' is not a YAML mapping", "csv-as-yaml"),
     entry("MLmodel", b"flavours: {}", "'MLmodel' is not an MLmodel", "mlmodel-without-flavors"),
@@ -337,6 +342,8 @@ def test_paths_outside_the_model_layout_are_refused(backend, path):
     pytest.param(json.dumps([NAME, VERSION]).encode(), "not a JSON object", id="not-an-object"),
     pytest.param(METADATA.decode().encode("utf-16"), "not UTF-8 JSON", id="utf-16"),
     pytest.param(metadata(notes="x" * MAX_TEXT_BYTES), "larger than", id="oversized"),
+    pytest.param(metadata(validation_rows=[["C00000001", 1]]), r"keys outside .*: \['validation_rows'\]",
+                 id="data-riding-in-metadata"),
     pytest.param(PARQUET, "not UTF-8 JSON", id="parquet"),
 ])
 def test_metadata_must_describe_the_published_model_of_its_path(backend, document, rule):

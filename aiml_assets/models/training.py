@@ -7,6 +7,7 @@ customer per snapshot, so it fits on the driver for the sizes we run today.
 from __future__ import annotations
 
 import tempfile
+from importlib.metadata import version as installed_version
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,15 @@ def registered_name(aiml_catalog: str, product: str) -> str:
     return f"{aiml_catalog}.models.nba_propensity_{product}"
 
 
+# What loading the model needs, at the versions it was trained with. Stated rather than inferred: MLflow's inference
+# imports the model in the current process and picks up whatever that process has loaded (pytest, rich, ...).
+MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+
+
+def model_requirements() -> list[str]:
+    return [f"{package}=={installed_version(package)}" for package in MODEL_REQUIREMENTS]
+
+
 def anonymous_example(x: pd.DataFrame) -> pd.DataFrame:
     """An input example that is nobody's record: one row of medians (numeric) and most common values (categorical).
     The example travels with the model to MLflow and Nexus, which must not hold customer data."""
@@ -153,7 +163,7 @@ def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, pr
             mlflow.log_dict(importance, "plots/feature_importance.json")
         info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
                                         registered_model_name=name, serialization_format="skops",
-                                        skops_trusted_types=SKOPS_TRUSTED)
+                                        skops_trusted_types=SKOPS_TRUSTED, pip_requirements=model_requirements())
         version = info.registered_model_version
         if version is None:
             raise RuntimeError(f"registration of {name} returned no version")

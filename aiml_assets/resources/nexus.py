@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import requests
+from packaging.requirements import InvalidRequirement, Requirement
 import yaml
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
@@ -75,6 +76,7 @@ PUBLISHABLE_PATH = re.compile(
     r"models/(?P<name>[a-z0-9_]+(?:\.[a-z0-9_]+)*)/(?P<version>[1-9][0-9]*)/(?P<file>model\.zip|metadata\.json)"
 )
 REQUIRED_METADATA_KEYS = ("name", "version", "metrics", "signature", "git_commit", "training_data", "model_sha256")
+METADATA_KEYS = frozenset(REQUIRED_METADATA_KEYS) | {"mlflow_run_id", "code_version"}  # nothing else rides along
 MAX_TEXT_BYTES = 1024 * 1024  # metadata.json and every model file but the serialized model itself
 MAX_SERIALIZED_MODEL_BYTES = 512 * 1024 * 1024
 
@@ -118,10 +120,27 @@ def _is_json(content: bytes) -> bool:
     return True
 
 
-def _is_utf8(content: bytes) -> bool:
+MAX_EXAMPLE_ROWS = 1  # training.anonymous_example writes one synthetic row; more rows would be customer records
+
+
+def _is_input_example(content: bytes) -> bool:
+    """MLflow's input example (`{"columns", "data"}`, or wrapped in `dataframe_split` for serving), one row at most."""
+    if not _is_json(content):
+        return False
+    document = json.loads(content.decode("utf-8"))
+    split = document.get("dataframe_split", document) if isinstance(document, dict) else None
+    rows = split.get("data") if isinstance(split, dict) else None
+    return isinstance(rows, list) and len(rows) <= MAX_EXAMPLE_ROWS
+
+
+def _is_requirements(content: bytes) -> bool:
+    """pip requirements, one per line: a CSV or any other text smuggled under the name does not parse."""
     try:
-        content.decode("utf-8")
-    except UnicodeDecodeError:
+        lines = [line.strip() for line in content.decode("utf-8").splitlines()]
+        for line in lines:
+            if line and not line.startswith("#"):
+                Requirement(line)
+    except (UnicodeDecodeError, InvalidRequirement):
         return False
     return True
 
@@ -144,9 +163,10 @@ MLFLOW_MODEL_FILES = {
     "conda.yaml": ModelFile("a YAML mapping", _is_yaml_mapping),
     "python_env.yaml": ModelFile("a YAML mapping", _is_yaml_mapping),
     "registered_model_meta": ModelFile("a YAML mapping", _is_yaml_mapping),
-    "requirements.txt": ModelFile("UTF-8 text", _is_utf8),
-    "input_example.json": ModelFile("JSON", _is_json),
-    "serving_input_example.json": ModelFile("JSON", _is_json),
+    "requirements.txt": ModelFile("pip requirements", _is_requirements),
+    "input_example.json": ModelFile(f"a JSON input example of at most {MAX_EXAMPLE_ROWS} row", _is_input_example),
+    "serving_input_example.json": ModelFile(f"a JSON input example of at most {MAX_EXAMPLE_ROWS} row",
+                                            _is_input_example),
     "model.skops": ModelFile("a skops archive", lambda b: b.startswith(b"PK\x03\x04"), MAX_SERIALIZED_MODEL_BYTES),
 }
 # On a Databricks runtime MLflow also copies the metadata files into `metadata/` (for Unity Catalog sharing).
@@ -260,6 +280,8 @@ def read_metadata(path: str, data: bytes) -> dict:
         raise _refused(path, "metadata is not a JSON object")
     if missing := [key for key in REQUIRED_METADATA_KEYS if key not in metadata]:
         raise _refused(path, f"metadata misses required keys {missing}")
+    if extra := sorted(set(metadata) - METADATA_KEYS):
+        raise _refused(path, f"metadata has keys outside {sorted(METADATA_KEYS)}: {extra}")
     version = metadata["version"]
     if metadata["name"] != match["name"] or type(version) is not int or version != int(match["version"]):
         raise _refused(path, f"metadata describes {metadata['name']!r} version {version!r}, "
