@@ -59,10 +59,11 @@ def run_main_job() -> bool:
         result = execute_job(reconstructable(main_job_for_current_env), instance=instance, tags=tags)
         scope = f" for snapshots {tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}" if tags else ""
         print(f"main job run {result.run_id}{scope}: {'succeeded' if result.success else 'FAILED'}")
-        if not result.success or MODEL_GROUP not in load_settings().asset_groups:
+        settings = load_settings()
+        if not result.success or MODEL_GROUP not in settings.asset_groups:
             return result.success
         outcomes = {}
-        for product in load_settings().products:
+        for product in settings.products:
             run = execute_job(reconstructable(models_job_for_current_env), instance=instance,
                               tags={"dagster/partition": product})
             outcomes[product] = run.success

@@ -21,18 +21,11 @@ from mlflow import MlflowClient
 from aiml_assets import cli
 from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED
 from aiml_assets.models.binary import nexus_paths, publish_model
-from aiml_assets.models.promotion import (
-    MANIFEST_MARKER,
-    ManifestError,
-    ReleaseManifest,
-    failure_reason,
-    promotion_job,
-    promotion_resources,
-    promotion_run_config,
-)
+from aiml_assets.models.promotion import failure_reason, promotion_job, promotion_resources, promotion_run_config
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG, alias_version
 from aiml_assets.models.training import log_and_register, registered_name, train
 from aiml_assets.resources.per_environment import build_resources
+from aiml_assets.resources.release_manifest import MANIFEST_MARKER, ManifestError, ReleaseManifest
 from aiml_assets.settings import RESOURCES_DIR, ProductRelease, ReleaseEntry, load_settings
 from aiml_assets_tests.test_model_training import synthetic
 
@@ -330,7 +323,11 @@ def test_a_file_whose_manifest_block_was_edited_by_hand_is_refused(platform, edi
 def test_a_local_promotion_never_rewrites_the_repositorys_manifests(aiml_home):
     from aiml_assets.models.promotion import release_resources_dir
 
+    from aiml_assets.definitions import build_definitions
+
     before = {env: (RESOURCES_DIR / f"{env}.yaml").read_bytes() for env in ("uat", "prod")}
+    build_definitions("local")
+    assert not (aiml_home / "resources").exists()  # loading the code location writes nothing; first use copies
     local = release_resources_dir(load_settings("local"))
     assert local == aiml_home / "resources" and (local / "prod.yaml").read_bytes() == before["prod"]
     assert release_resources_dir(load_settings("lab")) == RESOURCES_DIR

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from dagster import (
     AllPartitionMapping,
@@ -30,7 +31,9 @@ from aiml_assets.models.binary import fetch_metadata, nexus_paths, publish_model
 from aiml_assets.models.gate import decide
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
 from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
-from aiml_assets.models.training import evaluate, log_and_register, prepare, registered_name, train
+from aiml_assets.models.training import (
+    evaluate, log_and_register, registered_name, score, train, validation_metrics,
+)
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
 from aiml_assets.quality import pandera_check, spark_schema, validate
@@ -82,9 +85,8 @@ def model_assets(settings: Settings) -> list:
     scores_schema = model_scores_schema(settings.products)
 
     def scores_frame(context, candidate: "Candidate"):
-        rows = candidate.validation[["customer_id", "snapshot_date", "product_code"]].copy()
-        rows["score"] = registry.load(candidate.name, candidate.version).predict_proba(
-            prepare(candidate.validation))[:, 1].astype("float64")
+        rows = candidate.validation[["customer_id", "snapshot_date", "product_code"]].assign(
+            score=candidate.scores.astype("float64"))
         return context.resources.spark.get_session().createDataFrame(rows, schema=spark_schema(scores_schema))
 
     @asset(
@@ -103,8 +105,8 @@ def model_assets(settings: Settings) -> list:
         context.log.info(f"{product}: training on {len(data.rows)} rows of {data.table} version "
                          f"{data.table_version}, snapshots {', '.join(data.snapshots)}")
         trained = train(data.rows)
-        y, scores = trained.validation["label"].to_numpy(), trained.model.predict_proba(prepare(trained.validation))[:, 1]
-        roc = diagnostics.roc_png(y, scores, f"{product}: validation {trained.validation_snapshot}")
+        roc = diagnostics.roc_png(trained.validation["label"].to_numpy(), trained.validation_scores,
+                                  f"{product}: validation {trained.validation_snapshot}")
         importance = diagnostics.feature_importance(trained.model, trained.validation)
         importance_plot = diagnostics.importance_png(importance, f"{product}: permutation importance")
         context.log.info(f"{product}: validation ROC AUC {trained.metrics['roc_auc']:.4f}; logging to MLflow")
@@ -167,7 +169,8 @@ def model_assets(settings: Settings) -> list:
         key=BINARY_KEY,
         deps=[MODEL_KEY],
         description="The gated version's (this run's, else the challenger's) serialized model and its metadata "
-        "(metrics, signature, git commit, training data versions) in Nexus at a fixed path per name and version, each with a sha256; never data.",
+        "(metrics, signature, git commit, training data versions) in Nexus at a fixed path per name and version, "
+        "each with a sha256; never data.",
         required_resource_keys=BINARY_RESOURCES,
         kinds={"nexus"},
         **common,
@@ -199,8 +202,8 @@ def model_assets(settings: Settings) -> list:
     def published_metadata(context):
         name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
         version = _version_to_publish(context, context.resources.mlflow.client(), name)
-        meta = fetch_metadata(context.resources.nexus, name, version)
         nexus = context.resources.nexus
+        meta = fetch_metadata(nexus, name, version)
         row = {"name": meta["name"], "version": int(meta["version"]), "model_sha256": meta["model_sha256"],
                "metadata_sha256": nexus.sha256(nexus_paths(name, version).metadata),
                "roc_auc": float(meta["metrics"]["roc_auc"]), "git_commit": meta["git_commit"]}
@@ -221,6 +224,7 @@ class Candidate:
     name: str
     version: int
     validation: pd.DataFrame
+    scores: np.ndarray  # the registered version's, on `validation`
     metrics: dict[str, float]
 
 
@@ -229,12 +233,13 @@ def _candidate(context, settings: Settings) -> Candidate:
     product = context.partition_key
     name = registered_name(settings.catalog.aiml_catalog, product)
     experiment_id = context.resources.mlflow.activate()
-    run_id, version = registry.version_registered_by(experiment_id, _lineage(context), product)
-    tags = mlflow.get_run(run_id).data.tags
+    run, version = registry.version_registered_by(experiment_id, _lineage(context), product)
+    tags = run.data.tags
     # the same rows the asset validated on: the training table as of the version it trained from
     validation = read_training_data(context, settings, product, version=int(tags["training_table_version"]),
                                     snapshots=[tags["validation_snapshot"]]).rows
-    return Candidate(name, version, validation, evaluate(registry.load(name, version), validation))
+    scores = score(registry.load(name, version), validation)
+    return Candidate(name, version, validation, scores, validation_metrics(validation, scores))
 
 
 def _lineage(context) -> list[str]:

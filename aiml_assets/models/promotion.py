@@ -2,24 +2,17 @@
 
 `target=uat` makes the version UAT's challenger (the candidate in the parallel run). `target=prod` needs the same
 version in UAT's manifest already; it moves the registry alias `champion` to it and makes it the champion of prod's
-and UAT's manifests. The manifests are the `release_manifest` block at the end of resources/uat.yaml and prod.yaml,
-below a marker line: this module rewrites that block and nothing above it.
+and UAT's manifests (`resources/release_manifest.py` rewrites their block of the env files, nothing else).
 
 Run as the `promote_model` job, by CI or `aiml promote --product P --version N --change-request CHG... --target T`.
 """
 
-import fcntl
-import os
+import hashlib
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from dagster import Config, ConfigurableResource, Failure, JobDefinition, OpExecutionContext, Output, job, op
+from dagster import Config, Failure, JobDefinition, OpExecutionContext, Output, job, op
 from mlflow.exceptions import MlflowException
 
 from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED, actor
@@ -27,106 +20,17 @@ from aiml_assets.models.binary import fetch_metadata, nexus_paths
 from aiml_assets.models.registry import CHAMPION, GATE_TAG, alias_version
 from aiml_assets.models.training import registered_name
 from aiml_assets.resources.nexus import NexusError
-from aiml_assets.settings import (
-    RESOURCES_DIR, ProductRelease, ReleaseEntry, Settings, SettingsError, aiml_home, parse_settings,
-)
+from aiml_assets.resources.release_manifest import Manifest, ReleaseManifest, release_manifest_for
+from aiml_assets.settings import ProductRelease, ReleaseEntry, Settings
 
 JOB_NAME = "promote_model"
 # ServiceNow change numbers, the same rule as the prod deploy gate (deployments/gitlab/check_change_request.py)
 CHANGE_REQUEST = re.compile(r"^CHG[0-9]{7}$")
-MANIFEST_MARKER = (
-    "# --- release_manifest below: written by `aiml promote` (the promote_model job) only; do not edit ---")
 PROMOTION_RESOURCES = {"mlflow", "nexus", "audit", "release_manifest"}
-
-Manifest = dict[str, ProductRelease]
 
 
 class PromotionRefused(Exception):
     """A promotion that must not happen; nothing was changed."""
-
-
-class ManifestError(SettingsError):
-    """An env file whose release manifest block cannot be rewritten safely; nothing was changed."""
-
-
-class ReleaseManifest(ConfigurableResource):
-    """The release manifests of resources/<env>.yaml: read them, and rewrite only the block below the marker."""
-
-    resources_dir: str = str(RESOURCES_DIR)
-
-    def path(self, env: str) -> Path:
-        return Path(self.resources_dir) / f"{env}.yaml"
-
-    def read(self, env: str) -> Manifest:
-        return dict(parse_settings(self.path(env), expected_env=env).release_manifest)
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Serializes read-modify-write of the env files between promotions on this machine."""
-        fd = os.open(self.resources_dir, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    def check(self, manifests: dict[str, Manifest]) -> None:
-        """Validate the files `write` would produce, changing nothing."""
-        for staged in self._stage_all(manifests).values():
-            staged.unlink()
-
-    def write(self, manifests: dict[str, Manifest]) -> None:
-        """Replace each env's manifest block; every new file is validated before any file is replaced."""
-        for env, staged in self._stage_all(manifests).items():
-            os.replace(staged, self.path(env))  # readers see the old file or the new one, never half of one
-
-    def _stage_all(self, manifests: dict[str, Manifest]) -> dict[str, Path]:
-        staged: dict[str, Path] = {}
-        try:
-            for env, manifest in manifests.items():
-                staged[env] = self._stage(env, manifest)
-        except BaseException:
-            for path in staged.values():
-                path.unlink(missing_ok=True)
-            raise
-        return staged
-
-    def _stage(self, env: str, manifest: Manifest) -> Path:
-        path = self.path(env)
-        kept = {product: release for product, release in manifest.items() if release.champion or release.challenger}
-        block = yaml.safe_dump(
-            {"release_manifest": {p: kept[p].model_dump(exclude_none=True) for p in sorted(kept)}}, sort_keys=False)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        staged = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(_above_marker(path) + block.encode())
-            shutil.copymode(path, staged)
-            try:
-                written = parse_settings(staged, expected_env=env).release_manifest
-            except SettingsError as exc:
-                raise ManifestError(f"{path}: refusing to write an invalid release manifest: {exc}") from exc
-            if written != kept:
-                raise ManifestError(f"{path}: the rewritten release manifest does not read back as written")
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        return staged
-
-
-def _above_marker(path: Path) -> bytes:
-    """Everything up to and including the marker line, byte for byte."""
-    lines = path.read_bytes().splitlines(keepends=True)
-    marks = [i for i, line in enumerate(lines) if line.rstrip(b"\r\n") == MANIFEST_MARKER.encode()]
-    if len(marks) != 1:
-        raise ManifestError(f"{path}: expected exactly one marker line {MANIFEST_MARKER!r} above the "
-                            f"release_manifest block, found {len(marks)}")
-    head = lines[: marks[0] + 1]
-    if "release_manifest" in (yaml.safe_load(b"".join(head)) or {}):
-        raise ManifestError(f"{path}: release_manifest must appear only below the marker line")
-    if not head[-1].endswith(b"\n"):
-        head[-1] += b"\n"
-    return b"".join(head)
 
 
 class PromotionConfig(Config):
@@ -158,8 +62,7 @@ def verified_entry(context: OpExecutionContext, name: str, version: int, change_
         raise PromotionRefused(f"{name} version {version} has not passed the validation gate ({GATE_TAG}={gate!r})")
     nexus, path = context.resources.nexus, nexus_paths(name, version).model
     try:
-        sha256 = nexus.sha256(path)
-        nexus.fetch(path)  # recomputes the sha256 of the stored bytes
+        sha256 = hashlib.sha256(nexus.fetch(path)).hexdigest()  # fetch verifies the bytes against the sidecar
         metadata = fetch_metadata(nexus, name, version)
     except NexusError as exc:
         raise PromotionRefused(f"{name} version {version}: no verified binary in Nexus: {exc}") from exc
@@ -201,24 +104,19 @@ def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> 
 
 
 def release_resources_dir(settings: Settings) -> Path:
-    """Whose env files a promotion rewrites. From lab, the repository's (the GitLab pipeline commits them). From the
-    local registry, a copy under the AIML home: local versions and sha256s must never reach the real manifests."""
-    if not settings.is_local:
-        return RESOURCES_DIR
-    local = aiml_home() / "resources"
-    if not local.is_dir():
-        shutil.copytree(RESOURCES_DIR, local)
-    return local
+    """Whose env files a promotion of this environment's registry rewrites (see `release_manifest_for`)."""
+    return release_manifest_for(settings).ready_dir()
 
 
 def promotion_resources(settings: Settings, resources_dir: str | Path | None = None) -> dict:
-    """The environment's mlflow, nexus and audit resources, and the manifests of the env files in `resources_dir`
-    (default `release_resources_dir(settings)`)."""
-    resources_dir = release_resources_dir(settings) if resources_dir is None else resources_dir
+    """The environment's mlflow, nexus, audit and release manifest resources, for running the job outside the
+    code location (the CLI, tests); `resources_dir` points the manifests at other env files."""
     from aiml_assets.resources.per_environment import build_resources
 
     bound = {key: value for key, value in build_resources(settings).items() if key in PROMOTION_RESOURCES}
-    return {**bound, "release_manifest": ReleaseManifest(resources_dir=str(resources_dir))}
+    if resources_dir is not None:
+        bound["release_manifest"] = ReleaseManifest(resources_dir=str(resources_dir))
+    return bound
 
 
 def _apply(context, name: str, entry: ReleaseEntry, target: str, manifests: ReleaseManifest, plan) -> None:
@@ -239,8 +137,8 @@ def _apply(context, name: str, entry: ReleaseEntry, target: str, manifests: Rele
 
 
 def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefinition:
-    """The `promote_model` job of the environment whose registry holds the versions (`settings`), with its own
-    resources (default `promotion_resources(settings)`), so that it needs no `release_manifest` elsewhere."""
+    """The `promote_model` job of the environment whose registry holds the versions (`settings`). In the code
+    location its resources are the Definitions'; run alone, pass `promotion_resources(settings)`."""
 
     @op(required_resource_keys=PROMOTION_RESOURCES,
         description="Checks the change request, the gate tag and the Nexus binary, then writes the release manifest "
@@ -279,7 +177,7 @@ def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefin
                          f"(sha256 {entry.sha256}, change request {change_request})")
         return Output(entry.model_dump(), metadata={**entry.model_dump(), "target": config.target, "slot": slot})
 
-    @job(name=JOB_NAME, resource_defs=promotion_resources(settings) if resources is None else resources,
+    @job(name=JOB_NAME, resource_defs=resources,
          description="Promote a gated model version to UAT or (through UAT) to prod under a change request.")
     def promote_model():
         promote()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from aiml_assets.models.training import VERSION_TAG
@@ -23,8 +24,8 @@ class GateNotPassed(PermissionError):
     pass
 
 
-def version_registered_by(experiment_id: str, dagster_run_ids: list[str], product: str) -> tuple[str, int]:
-    """(MLflow run id, version) of the model that the Dagster run, or the run it re-executes (`dagster_run_ids`:
+def version_registered_by(experiment_id: str, dagster_run_ids: list[str], product: str) -> tuple[Run, int]:
+    """(MLflow run, version) of the model that the Dagster run, or the run it re-executes (`dagster_run_ids`:
     this run first, then its parent and root), trained for `product`."""
     for dagster_run_id in dict.fromkeys(r for r in dagster_run_ids if r):
         runs = mlflow.search_runs(
@@ -34,7 +35,7 @@ def version_registered_by(experiment_id: str, dagster_run_ids: list[str], produc
         registered = [r for r in runs if VERSION_TAG in r.data.tags]
         if registered:
             run = max(registered, key=lambda r: r.info.start_time)  # a step retry registers again: the last one
-            return run.info.run_id, int(run.data.tags[VERSION_TAG])
+            return run, int(run.data.tags[VERSION_TAG])
     raise ModelVersionNotFound(
         f"no {product} model version was registered by Dagster run {dagster_run_ids[0]} or the run it re-executes; "
         f"materialize models/propensity_model for {product} together with its checks"

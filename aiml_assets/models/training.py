@@ -77,9 +77,18 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     return x
 
 
+def score(model: Pipeline, frame: pd.DataFrame) -> np.ndarray:
+    """The model's probability of take-up for every row of `frame`."""
+    return model.predict_proba(prepare(frame))[:, 1]
+
+
 def evaluate(model: Pipeline, valid: pd.DataFrame) -> dict[str, float]:
+    return validation_metrics(valid, score(model, valid))
+
+
+def validation_metrics(valid: pd.DataFrame, p: np.ndarray) -> dict[str, float]:
+    """How well the scores `p` rank and calibrate the labels of `valid`."""
     y = valid["label"].to_numpy()
-    p = model.predict_proba(prepare(valid))[:, 1]
     return {
         "roc_auc": float(roc_auc_score(y, p)),
         "pr_auc": float(average_precision_score(y, p)),
@@ -100,6 +109,7 @@ class TrainedModel:
     validation_snapshot: str
     train_rows: int
     validation: pd.DataFrame = field(repr=False)
+    validation_scores: np.ndarray = field(repr=False)
 
 
 def train(frame: pd.DataFrame, *, shuffle_labels: bool = False) -> TrainedModel:
@@ -112,11 +122,12 @@ def train(frame: pd.DataFrame, *, shuffle_labels: bool = False) -> TrainedModel:
         raise ValueError("training and validation data each need both label values")
     x = prepare(train_rows)
     model = build_pipeline(list(x.columns)).fit(x, y)
+    scores = score(model, valid_rows)
     return TrainedModel(
-        model=model, metrics=evaluate(model, valid_rows),
+        model=model, metrics=validation_metrics(valid_rows, scores),
         train_snapshots=[str(s) for s in sorted(train_rows["snapshot_date"].unique())],
         validation_snapshot=str(valid_rows["snapshot_date"].iloc[0]), train_rows=len(train_rows),
-        validation=valid_rows,
+        validation=valid_rows, validation_scores=scores,
     )
 
 

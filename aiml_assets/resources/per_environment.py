@@ -7,6 +7,7 @@ from dagster import EnvVar, ResourceDefinition
 from aiml_assets.governance.audit import AuditLog
 from aiml_assets.resources.catalog import LocalCatalog, UnityCatalog
 from aiml_assets.resources.nexus import HttpNexus, LocalNexus
+from aiml_assets.resources.release_manifest import release_manifest_for
 from aiml_assets.resources.spark import SparkResource
 from aiml_assets.resources.step_launcher import databricks_step_launcher
 from aiml_assets.resources.storage import LocalStorage, S3Storage
@@ -30,26 +31,22 @@ def build_resources(settings: Settings) -> dict:
             password=EnvVar(settings.nexus.password_env_var),
         )
     )
+    storage = (LocalStorage(home=home, buckets=settings.storage.buckets) if settings.is_local
+               else S3Storage(buckets=settings.storage.buckets))
+    shared = {"storage": storage, "mlflow": mlflow, "nexus": nexus, "audit": AuditLog.in_bucket(storage),
+              "release_manifest": release_manifest_for(settings)}
     if settings.is_local:
-        storage = LocalStorage(home=home, buckets=settings.storage.buckets)
         return {
             STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(description="local: steps run in-process"),
             "spark": SparkResource(local=True, **settings.spark.model_dump()),
             "tables": DeltaRsTables(),
             "catalog": LocalCatalog(home=home),
-            "storage": storage,
-            "mlflow": mlflow,
-            "nexus": nexus,
-            "audit": AuditLog.in_bucket(storage),
+            **shared,
         }
-    storage = S3Storage(buckets=settings.storage.buckets)
     return {
         STEP_LAUNCHER_KEY: databricks_step_launcher(settings),
         "spark": SparkResource(local=False),
         "tables": SparkDeltaTables(),
         "catalog": UnityCatalog(),
-        "storage": storage,
-        "mlflow": mlflow,
-        "nexus": nexus,
-        "audit": AuditLog.in_bucket(storage),
+        **shared,
     }
