@@ -1,23 +1,43 @@
 """The aiml_assets code location. `AIML_ENV` picks the environment; this module builds its Definitions.
 
-The graph reads like the HLD's data flow: EDP sources -> lab features -> training sets (-> models -> scores -> CDP,
-as those components land). Which parts an environment runs is its env file's `asset_groups`.
+The graph reads like the HLD's data flow: EDP sources -> lab features -> training sets -> models -> Nexus binaries,
+and EDP sources -> scoring features -> deployed models -> scores -> CDP. Which parts an environment runs is its env
+file's `asset_groups`.
 """
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, JobDefinition, define_asset_job, in_process_executor, multiprocess_executor
+from dagster import (
+    AssetSelection,
+    AssetSpec,
+    DefaultScheduleStatus,
+    Definitions,
+    JobDefinition,
+    StaticPartitionsDefinition,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+    in_process_executor,
+    multiprocess_executor,
+)
 
+from aiml_assets.features.assets import GROUP as FEATURES_GROUP
 from aiml_assets.features.assets import lab_feature_assets
+from aiml_assets.inference.assets import GROUP as INFERENCE_GROUP
+from aiml_assets.inference.assets import inference_assets
+from aiml_assets.inference.parallel_run import GROUP as PARALLEL_RUN_GROUP
+from aiml_assets.inference.parallel_run import parallel_run_assets
+from aiml_assets.models.assets import BINARY_KEY
 from aiml_assets.models.assets import GROUP as MODEL_GROUP
 from aiml_assets.models.assets import model_assets
 from aiml_assets.models.promotion import promotion_job
+from aiml_assets.publication.cdp import cdp_assets
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import Settings, load_settings
-from aiml_assets.sources.edp import EDP_CHECKS, edp_source_products
+from aiml_assets.sources.edp import EDP_CHECKS, EDP_GROUP, edp_source_products
 
 MAIN_JOB = "main"
 MODELS_JOB = "train_models"
+SCORING_JOB = "daily_scoring"
 
 
 def graph_for(settings: Settings) -> list:
@@ -25,22 +45,52 @@ def graph_for(settings: Settings) -> list:
         "edp_sources": lambda: [edp_source_products, *EDP_CHECKS],
         "lab_features": lambda: lab_feature_assets(settings),
         "model_versions": lambda: model_assets(settings),
+        "prod_inference": lambda: inference_assets(settings),
+        "uat_parallel_run": lambda: parallel_run_assets(settings),
+        "cdp_publication": lambda: cdp_assets(settings),
     }
-    return [node for group in settings.asset_groups for node in components[group]()]
+    nodes = [node for group in settings.asset_groups for node in components[group]()]
+    if "prod_inference" in settings.asset_groups and "model_versions" not in settings.asset_groups:
+        nodes.append(lab_model_binaries(settings))
+    return nodes
 
 
-def build_definitions(env: str | None = None) -> Definitions:
-    settings = load_settings(env)
+def lab_model_binaries(settings: Settings) -> AssetSpec:
+    """Where UAT and prod get their models: the lab's Nexus binaries, external here (they arrive only through a
+    promotion's release manifest), so that the lineage reads on from the lab to the CDP."""
+    return AssetSpec(BINARY_KEY, group_name=MODEL_GROUP, kinds={"nexus"}, owners=["team:aiml"],
+                     partitions_def=StaticPartitionsDefinition(settings.products),
+                     description="Model binaries published to Nexus by the lab (materialized there, not here); this "
+                     "environment deploys the versions its release manifest names.")
+
+
+def build_definitions(env: str | None = None, settings: Settings | None = None) -> Definitions:
+    """The Definitions of `env` (default: AIML_ENV), or of `settings` as given (tests vary a setting this way)."""
+    settings = settings or load_settings(env)
     # Jobs run one partitions definition each: the main job covers sources and snapshot-partitioned features,
     # the models job the product-partitioned models (one run per product, so one product's gate failing does not
-    # stop another's). `aiml run-local` runs both.
+    # stop another's), the scoring job the daily-partitioned scores and CDP. `aiml run-local` runs all three.
     models = AssetSelection.groups(MODEL_GROUP)
+    scoring = AssetSelection.groups(INFERENCE_GROUP, PARALLEL_RUN_GROUP)
     main_job = define_asset_job(
         MAIN_JOB,
-        selection=AssetSelection.all(include_sources=True) - models,
+        # by group, not "all minus": in UAT and prod the lab's model binaries are external assets, not runnable
+        selection=AssetSelection.groups(EDP_GROUP, FEATURES_GROUP, include_sources=True),
         description="Observe the EDP sources, check them, and materialize the features of this environment.",
     )
-    jobs = [main_job]
+    jobs, schedules = [main_job], []
+    if "prod_inference" in settings.asset_groups:
+        scoring_job = define_asset_job(
+            SCORING_JOB, selection=scoring,
+            description="Score every customer with the deployed models for the day"
+            + ("; publish the CDP" if "cdp_publication" in settings.asset_groups else "")
+            + ("; compare champion and challenger side by side" if "uat_parallel_run" in settings.asset_groups else ""),
+        )
+        jobs.append(scoring_job)
+        # Remote environments score with no human in the loop; locally the schedule is there to switch on.
+        unattended = DefaultScheduleStatus.RUNNING if not settings.is_local else DefaultScheduleStatus.STOPPED
+        # 05:00 UK time (the partitions' timezone): published before the contract's 07:00
+        schedules.append(build_schedule_from_partitioned_job(scoring_job, hour_of_day=5, default_status=unattended))
     if MODEL_GROUP in settings.asset_groups:
         jobs.append(define_asset_job(
             MODELS_JOB, selection=models,
@@ -51,6 +101,7 @@ def build_definitions(env: str | None = None) -> Definitions:
         assets=graph_for(settings),  # asset checks are assets definitions too
         resources=build_resources(settings),
         jobs=jobs,
+        schedules=schedules,
         # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step
         # is its own Databricks run.
         executor=in_process_executor if settings.is_local else multiprocess_executor,
@@ -67,3 +118,7 @@ def main_job_for_current_env() -> JobDefinition:
 
 def models_job_for_current_env() -> JobDefinition:
     return defs.resolve_job_def(MODELS_JOB)
+
+
+def scoring_job_for_current_env() -> JobDefinition:
+    return defs.resolve_job_def(SCORING_JOB)

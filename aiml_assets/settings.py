@@ -78,6 +78,7 @@ class CatalogSettings(_Strict):
 
     kind: Literal["local", "unity"]  # EDP products keep EDP's own names (edp.fdp.customers, ...)
     aiml_catalog: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    table_owner: str = "aiml-engineers"  # the catalog principal (a group) that owns our interim tables
 
 
 class MlflowSettings(_Strict):
@@ -100,7 +101,9 @@ class NexusSettings(_Strict):
         return self
 
 
-ASSET_GROUPS = ("edp_sources", "lab_features", "model_versions")
+# The parts of the graph an environment may run (its env file's `asset_groups`), in HLD order.
+ASSET_GROUPS = ("edp_sources", "lab_features", "model_versions", "prod_inference", "uat_parallel_run",
+                "cdp_publication")
 
 
 class FeatureSettings(_Strict):
@@ -132,6 +135,38 @@ class ModelSettings(_Strict):
     gate: GateSettings
 
 
+class DriftSettings(_Strict):
+    """Population stability index (PSI) of each scoring feature against the deployed model's training data."""
+
+    warn_psi: float = Field(gt=0)
+    fail_psi: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSettings:
+        if self.warn_psi >= self.fail_psi:
+            raise ValueError(f"warn_psi {self.warn_psi} must be below fail_psi {self.fail_psi}")
+        return self
+
+
+class InferenceSettings(_Strict):
+    """Daily scoring of every customer with the deployed models."""
+
+    scoring_start: date  # the first daily partition
+    deploys_from: Literal["uat", "prod"]  # whose release manifest (resources/<env>.yaml) this env deploys
+    canary_share: float = Field(0.0, ge=0.0, le=0.5)  # share of customers the challenger scores, hash-selected
+    drift: DriftSettings
+
+
+class PublicationSettings(_Strict):
+    """The Consolidated Data Product in the EDP central catalog."""
+
+    catalog: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # where tenants find it: <catalog>.<schema>.nba_propensity
+    schema_name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    owner: str
+    classification: Literal["public", "internal", "confidential", "restricted"]
+    tenant_groups: list[str] = Field(min_length=1)  # granted SELECT, nothing else
+
+
 class ReleaseEntry(_Strict):
     """One deployed model version: what UAT and prod pull from Nexus, and the change request that put it there."""
 
@@ -159,6 +194,8 @@ class Settings(_Strict):
     asset_groups: list[Literal[ASSET_GROUPS]] = Field(min_length=1)  # which parts of the graph this env runs
     features: FeatureSettings | None = None
     models: ModelSettings | None = None
+    inference: InferenceSettings | None = None
+    publication: PublicationSettings | None = None
     # product -> deployed versions; written by the promotion job (`aiml promote`), never by hand
     release_manifest: dict[str, ProductRelease] = {}
 
@@ -184,6 +221,27 @@ class Settings(_Strict):
                 raise ValueError("models: required when asset_groups has model_versions")
             if "lab_features" not in self.asset_groups:
                 raise ValueError("asset_groups: model_versions train on lab_features, which this environment lacks")
+        return self
+
+    @model_validator(mode="after")
+    def _scoring_needs_its_settings(self) -> Settings:
+        groups = set(self.asset_groups)
+        if "prod_inference" in groups and (self.inference is None or "scoring" not in self.storage.buckets):
+            raise ValueError("inference, storage.buckets.scoring: required when asset_groups has prod_inference")
+        if self.inference is not None and self.environment in ("uat", "prod") \
+                and self.inference.deploys_from != self.environment:
+            raise ValueError(f"inference.deploys_from: {self.environment} deploys from its own release manifest, "
+                             f"not {self.inference.deploys_from}'s")
+        for part in ("uat_parallel_run", "cdp_publication"):
+            if part in groups and "prod_inference" not in groups:
+                raise ValueError(f"asset_groups: {part} needs prod_inference")
+        if "cdp_publication" in groups:
+            if self.environment not in ("local", "prod"):
+                raise ValueError(f"asset_groups: cdp_publication only in prod (and local); {self.environment} never "
+                                 "publishes to EDP")
+            if self.publication is None or "publication" not in self.storage.buckets:
+                raise ValueError("publication, storage.buckets.publication: required when asset_groups has "
+                                 "cdp_publication")
         return self
 
     @model_validator(mode="after")

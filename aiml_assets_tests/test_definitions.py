@@ -65,7 +65,9 @@ def test_broken_environment_file_stops_the_code_location_loading(tmp_path):
 def test_every_asset_has_a_blocking_pandera_check(env, aiml_home):
     graph = build_definitions(env).resolve_asset_graph()
     checked = {key.asset_key for key in graph.asset_check_keys if key.name.endswith("_schema")}
-    assert set(graph.get_all_asset_keys()) == checked
+    # every asset this environment runs; the lab's binaries in UAT/prod are external there, checked in the lab
+    runs = {key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable or graph.get(key).is_observable}
+    assert runs == checked
     for key in graph.asset_check_keys:
         assert graph.get_check_spec(key).blocking, key
 
@@ -87,13 +89,42 @@ def test_every_lab_asset_carries_the_retention_freshness_policy(env, aiml_home):
 
 
 def test_asset_groups_follow_the_env_file(aiml_home):
-    def groups_of(env):
+    def groups_of(env):  # of what the environment runs (materializes or observes)
         graph = build_definitions(env).resolve_asset_graph()
-        return {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+        nodes = [graph.get(key) for key in graph.get_all_asset_keys()]
+        return {node.group_name for node in nodes if node.is_materializable or node.is_observable}
 
     groups = {env: groups_of(env) for env in ENVIRONMENTS}
-    assert groups["local"] == groups["lab"] == {"edp_sources", "lab_features", "model_versions"}
-    assert groups["uat"] == groups["prod"] == {"edp_sources"}  # lab data and training never exist outside the lab
+    assert groups["lab"] == {"edp_sources", "lab_features", "model_versions"}  # the lab never scores or publishes
+    assert groups["local"] == groups["lab"] | {"prod_inference", "uat_parallel_run"}
+    # lab data and training never exist outside the lab; UAT compares champion and challenger, prod publishes
+    assert groups["uat"] == {"edp_sources", "prod_inference", "uat_parallel_run"}
+    assert groups["prod"] == {"edp_sources", "prod_inference"}
+    # ... and the lab's Nexus binaries are there as an external asset, for the lineage from the lab to the CDP
+    from aiml_assets.models.assets import BINARY_KEY
+    binary = build_definitions("prod").resolve_asset_graph().get(BINARY_KEY)
+    assert binary.group_name == "model_versions" and not binary.is_materializable and not binary.is_observable
+
+
+def test_only_prod_publishes_the_cdp_and_scoring_runs_unattended(aiml_home):
+    from dagster import DefaultScheduleStatus
+
+    from aiml_assets.definitions import SCORING_JOB
+    from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
+    from aiml_assets.publication.cdp import CDP_KEY
+
+    keys = {env: set(build_definitions(env).resolve_asset_graph().get_all_asset_keys()) for env in ENVIRONMENTS}
+    assert CDP_KEY in keys["prod"] and CDP_KEY in keys["local"]
+    assert CDP_KEY not in keys["uat"] and CDP_KEY not in keys["lab"]  # UAT never publishes to EDP
+    assert PARALLEL_RUN_KEY in keys["uat"] and PARALLEL_RUN_KEY not in keys["prod"]
+    for env, status in (("prod", DefaultScheduleStatus.RUNNING), ("uat", DefaultScheduleStatus.RUNNING),
+                        ("local", DefaultScheduleStatus.STOPPED)):
+        defs = build_definitions(env)
+        schedule = defs.resolve_schedule_def(f"{SCORING_JOB}_schedule")
+        assert schedule.default_status == status, env
+        assert schedule.job_name == SCORING_JOB
+        assert defs.resolve_job_def(SCORING_JOB).partitions_def.start.date() == \
+            load_settings(env).inference.scoring_start
 
 
 def test_models_train_in_their_own_job_partitioned_by_product(aiml_home):

@@ -102,7 +102,8 @@ def test_remote_instance_config_is_valid_and_takes_every_credential_from_env(tmp
         checked = process_config(convert_potential_field(klass.config_type()).config_type, config[key].get("config") or {})
         assert checked.success, (key, checked.errors)
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert 0 < config["run_coordinator"]["config"]["max_concurrent_runs"] <= 20
+    assert 0 < config["concurrency"]["runs"]["max_concurrent_runs"] <= 20
+    assert config["concurrency"]["pools"]["default_limit"] == 1  # cdp/nba_propensity's pool: one switch at a time
     assert config["compute_logs"]["config"]["base_dir"].startswith("/opt/dagster/")
 
 

@@ -108,10 +108,12 @@ class Platform:
         self.settings = load_settings("local")
         self.resources = promotion_resources(self.settings, resources_dir)
 
-    def promote(self, version: int, target: str, change_request: str = "", product: str = PRODUCT):
+    def promote(self, version: int, target: str, change_request: str = "", product: str = PRODUCT,
+                role: str = "champion"):
         job = promotion_job(self.settings, self.resources)
-        return job.execute_in_process(run_config=promotion_run_config(product, version, change_request, target),
-                                      instance=self.instance, raise_on_error=False)
+        return job.execute_in_process(
+            run_config=promotion_run_config(product, version, change_request, target, role),
+            instance=self.instance, raise_on_error=False)
 
     def register_passed_copy(self) -> int:
         """Another gated, published version (the same logged model registered again)."""
@@ -206,6 +208,29 @@ def test_promotion_goes_through_uat_to_prod_under_change_requests(platform):
         assert {k: event["details"][k] for k in ("name", "version", "sha256")} == {
             "name": NAME, "version": PASSED, "sha256": sha256}
     assert platform.instance.get_run_by_id(prod_run.run_id).job_name == "promote_model"
+
+
+def test_a_prod_challenger_is_the_canary_model_and_leaves_the_champion_alone(platform):
+    assert platform.promote(PASSED, "uat", CR_UAT).success
+    assert platform.promote(PASSED, "prod", CR_PROD).success
+    second = platform.register_passed_copy()
+
+    def refused(result, reason: str, before: dict[str, bytes]) -> None:
+        assert not result.success and reason in failure_reason(result)
+        assert platform.file_bytes() == before and platform.alias(CHAMPION) == PASSED
+        assert platform.audit()[-1]["action"] == PROMOTION_REFUSED
+
+    refused(platform.promote(second, "prod", CR_PROD, role="challenger"), "not in UAT's release manifest",
+            platform.file_bytes())
+    assert platform.promote(second, "uat", CR_UAT).success
+    canary = platform.promote(second, "prod", CR_PROD, role="challenger")
+    assert canary.success, failure_reason(canary)
+    assert platform.alias(CHAMPION) == PASSED  # the registry's champion does not move for a canary
+    prod = platform.manifest("prod")[PRODUCT]
+    assert (prod.champion.version, prod.challenger.version) == (PASSED, second)
+    assert platform.audit()[-1]["details"]["slot"] == "challenger"
+    refused(platform.promote(PASSED, "prod", CR_PROD, role="challenger"), "prod's champion already",
+            platform.file_bytes())
 
 
 def test_prod_refuses_a_version_that_did_not_go_through_uat(platform):

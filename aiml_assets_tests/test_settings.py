@@ -60,6 +60,13 @@ def _broken(tmp_path: Path, env: str, **changes) -> Path:
         ("uat", {"nexus__url": "ftp://nexus"}, r"nexus: .*url: expected an http\(s\):// URL"),
         ("local", {"mlflow": None}, r"mlflow: Field required"),
         ("local", {"spark__cores": 3}, r"spark\.cores: Extra inputs are not permitted"),
+        ("uat", {"asset_groups": ["edp_sources", "prod_inference", "cdp_publication"]},
+         r"cdp_publication only in prod \(and local\); uat never publishes to EDP"),
+        ("prod", {"inference": None}, r"inference, storage\.buckets\.scoring: required when asset_groups has prod_inference"),
+        ("prod", {"publication": None}, r"publication, storage\.buckets\.publication: required"),
+        ("prod", {"inference__canary_share": 0.9}, r"inference\.canary_share: Input should be less than or equal to 0\.5"),
+        ("prod", {"inference__deploys_from": "uat"}, r"prod deploys from its own release manifest, not uat's"),
+        ("uat", {"inference__drift__warn_psi": 0.3}, r"warn_psi 0\.3 must be below fail_psi 0\.25"),
     ],
 )
 def test_bad_field_names_file_field_and_expectation(tmp_path, env, change, expected):

@@ -89,6 +89,12 @@ def test_webserver_serves_the_asset_graph(webserver):
     assert "lab/customer_features" in upstream("lab/training_set")
     assert upstream("models/propensity_model") == {"lab/training_set"}
     assert upstream("models/model_binary") == {"models/propensity_model"}
+    # ... -> deployed models (from Nexus) -> scores (with the scoring features of the same EDP products) -> CDP
+    assert upstream("prod/deployed_model") == {"models/model_binary"}
+    assert sources <= upstream("prod/scoring_features")
+    assert upstream("prod/propensity_scores") == {"prod/scoring_features", "prod/deployed_model"}
+    assert upstream("cdp/nba_propensity") == {"prod/propensity_scores", "prod/scoring_features"}
+    assert by_key["cdp/nba_propensity"]["groupName"] == "prod_inference"
     assert by_key["lab/customer_features"]["groupName"] == "lab_features"
     assert by_key["models/propensity_model"]["groupName"] == "model_versions"
     # every dependency edge the server reports points at a node it also serves

@@ -16,7 +16,8 @@ from dagster import (
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.features.customer_features import Sources, customer_features
+from aiml_assets.asset_tables import lab_table
+from aiml_assets.features.customer_features import Sources, customer_features, offers
 from aiml_assets.features.profile import profile_metadata
 from aiml_assets.features.schemas import customer_features_schema, training_set_schema
 from aiml_assets.quality import pandera_check, table_schema
@@ -43,33 +44,19 @@ def _snapshots(context) -> list[date]:
     return [date.fromisoformat(key) for key in context.partition_keys]
 
 
-def lab_table(settings: Settings, key: AssetKey) -> tuple[str, str]:
-    """(catalog name, key in the lab bucket) of a lab asset's Delta table."""
-    return f"{settings.catalog.aiml_catalog}.lab.{key.path[-1]}", key.path[-1]
-
-
 def _write_snapshot(context, settings: Settings, key: AssetKey, df: DataFrame, snapshot: date) -> int:
-    location = context.resources.storage.uri("lab", lab_table(settings, key)[1])
-    return context.resources.tables.write(
-        df, location, run_id=context.run.run_id, partition_by=["snapshot_date"],
-        replace={"snapshot_date": snapshot.isoformat()},
-    )
+    return lab_table(settings, key).write_partition(context, df, snapshot.isoformat())
 
 
 def _register(context, settings: Settings, key: AssetKey) -> None:
-    """Name the lab table in the catalog, once per run (on Unity Catalog this is a few SQL statements)."""
-    name, bucket_key = lab_table(settings, key)
-    context.resources.catalog.register(
-        name, context.resources.storage.uri("lab", bucket_key), owner="team:aiml",
-        comment=f"{key.to_user_string()}: lab asset, perishable",
+    lab_table(settings, key).register(
+        context, comment=f"{key.to_user_string()}: lab asset, perishable",
         properties={"retention_days": settings.storage.retention_days, "dagster_asset": key.to_user_string()},
     )
 
 
 def _read_snapshots(context, settings: Settings, key: AssetKey, snapshots: list[date]) -> DataFrame:
-    name, _ = lab_table(settings, key)
-    table = context.resources.catalog.read(context.resources.spark.get_session(), name)
-    return table.filter(F.col("snapshot_date").isin(snapshots))
+    return lab_table(settings, key).read(context, snapshots)
 
 
 def lab_feature_assets(settings: Settings) -> list:
@@ -96,7 +83,7 @@ def lab_feature_assets(settings: Settings) -> list:
         description="Per customer as of each snapshot: tenure, demographics, spend and recency over 30/90/365 "
         "days, category shares, holdings, campaign contact; only from events strictly before the snapshot.",
         metadata={"dagster/column_schema": table_schema(feature_schema),
-                  "dagster/table_name": lab_table(settings, FEATURES_KEY)[0]},
+                  "dagster/table_name": lab_table(settings, FEATURES_KEY).name},
         **common,
     )
     def customer_features_asset(context: AssetExecutionContext) -> MaterializeResult:
@@ -126,7 +113,7 @@ def lab_feature_assets(settings: Settings) -> list:
         description=f"Customer features joined with labels per product: was the product taken up within "
         f"{features.label_window_days} days after the snapshot (customers already holding it are not eligible).",
         metadata={"dagster/column_schema": table_schema(training_schema),
-                  "dagster/table_name": lab_table(settings, TRAINING_KEY)[0]},
+                  "dagster/table_name": lab_table(settings, TRAINING_KEY).name},
         **common,
     )
     def training_set_asset(context: AssetExecutionContext) -> MaterializeResult:
@@ -167,13 +154,11 @@ def lab_feature_assets(settings: Settings) -> list:
 
 def labelled(features: DataFrame, holdings: DataFrame, snapshot: date, window: timedelta, products: list[str]):
     """One row per eligible (customer, product): label 1 if opened within [snapshot, snapshot + window)."""
-    product = F.col("product_code")
-    held = F.coalesce(*[F.when(product == p, F.col(f"holds_{p}")) for p in products])
-    offers = features.withColumn("product_code", F.explode(F.array(*[F.lit(p) for p in products]))).filter(held == 0)
     start, end = F.lit(snapshot).cast("date"), F.lit(snapshot + window).cast("date")
     taken = (
         holdings.filter((F.col("opened_date") >= start) & (F.col("opened_date") < end))
         .select("customer_id", "product_code").distinct().withColumn("label", F.lit(1))
     )
     # `taken` is one window of openings: small enough to broadcast, so the exploded offers are not shuffled
-    return offers.join(F.broadcast(taken), ["customer_id", "product_code"], "left").fillna(0, subset=["label"])
+    return offers(features, products).join(F.broadcast(taken), ["customer_id", "product_code"], "left").fillna(
+        0, subset=["label"])

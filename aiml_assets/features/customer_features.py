@@ -108,3 +108,11 @@ def customer_features(sources: Sources, snapshot: date, products: list[str]) -> 
 
 
 FEATURE_COLUMNS_HEAD = ("customer_id", "snapshot_date", "tenure_days", "age_band", "region", "segment", "income_band")
+
+
+def offers(features: DataFrame, products: list[str]) -> DataFrame:
+    """One row per customer and product the customer does not hold at the snapshot: what may be offered, so what
+    the models learn from (lab) and score (prod)."""
+    product = F.col("product_code")
+    held = F.coalesce(*[F.when(product == p, F.col(f"holds_{p}")) for p in products])
+    return features.withColumn("product_code", F.explode(F.array(*[F.lit(p) for p in products]))).filter(held == 0)

@@ -30,6 +30,9 @@ PROMOTION = "promotion"
 PROMOTION_REFUSED = "promotion_refused"
 PROMOTION_STARTED = "promotion_started"  # recorded before anything changes, so a crash mid-way leaves a trace
 PROMOTION_FAILED = "promotion_failed"
+PUBLICATION_STARTED = "publication_started"  # before the catalog switch, so a crash mid-way leaves a trace
+PUBLICATION = "publication"
+PUBLICATION_REFUSED = "publication_refused"  # the publish gate failed; the published version stayed
 
 SCHEMA = pa.schema([
     pa.field("event_id", pa.string(), nullable=False),

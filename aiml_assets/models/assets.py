@@ -25,14 +25,15 @@ from dagster import (
 )
 from pyspark.sql import functions as F
 
-from aiml_assets.features.assets import TRAINING_KEY, lab_table
+from aiml_assets.asset_tables import lab_table
+from aiml_assets.features.assets import TRAINING_KEY
 from aiml_assets.models import diagnostics, registry
 from aiml_assets.models.binary import fetch_metadata, nexus_paths, publish_model
 from aiml_assets.models.gate import decide
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
 from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
 from aiml_assets.models.training import (
-    evaluate, log_and_register, registered_name, score, train, validation_metrics,
+    REFERENCE_PROFILE, evaluate, log_and_register, registered_name, score, train, validation_metrics,
 )
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
@@ -63,7 +64,7 @@ def read_training_data(context, settings: Settings, product: str, *, version: in
                        snapshots: list[str] | None = None) -> TrainingData:
     """One product's rows of the training set at Delta `version` (default: its current version, then pinned), of
     the given snapshots or the latest `training_snapshots` ones, read by catalog name."""
-    name, _ = lab_table(settings, TRAINING_KEY)
+    name = lab_table(settings, TRAINING_KEY).name
     catalog, spark = context.resources.catalog, context.resources.spark.get_session()
     version = catalog.version(name) if version is None else version
     rows = catalog.read(spark, name, version).filter(F.col("product_code") == product)
@@ -191,6 +192,7 @@ def model_assets(settings: Settings) -> list:
                 "code_version": run.data.tags.get("code_version", "unknown"),
                 "training_data": {k: run.data.tags.get(k) for k in
                                   ("training_table", "training_table_version", "training_partitions")},
+                "reference_profile": mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{REFERENCE_PROFILE}"),
             })
         context.log.info(f"{name} version {version}: published to Nexus, model sha256 {published['model_sha256']}")
         return MaterializeResult(metadata={

@@ -18,6 +18,7 @@ from aiml_assets.resources.nexus import (
     METADATA_JSON,
     MODEL_ZIP,
     PUBLISHABLE_PATH,
+    NexusChecksumError,
     NexusRefused,
     NexusRepository,
     model_file_problem,
@@ -76,11 +77,18 @@ def publish_model(nexus: NexusRepository, name: str, version: int, model_dir: Pa
             "metadata_path": paths.metadata, "metadata_sha256": metadata_sha256}
 
 
-def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path) -> Path:
-    """Unpack the published, sha256-verified model.zip into the empty or new directory `dst` and return it.
-    Load it with `mlflow.sklearn.load_model(str(dst))` (which trusts the skops types recorded in its MLmodel)."""
+def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path, expected_sha256: str | None = None) -> Path:
+    """Unpack the published model.zip into the empty or new directory `dst` and return it. Its bytes must match
+    Nexus's sha256 sidecar and, when given, `expected_sha256` (the release manifest's, which a sidecar rewritten
+    beside a tampered binary cannot fake). Load it with `mlflow.sklearn.load_model(str(dst))` (which trusts the
+    skops types recorded in its MLmodel)."""
     path = nexus_paths(name, version).model
-    entries = model_zip_entries(path, nexus.fetch(path))
+    data = nexus.fetch(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise NexusChecksumError(f"{path}: sha256 is {actual}, the release manifest says {expected_sha256}; "
+                                 "refusing to load it")
+    entries = model_zip_entries(path, data)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     if any(dst.iterdir()):

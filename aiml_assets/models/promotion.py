@@ -2,7 +2,9 @@
 
 `target=uat` makes the version UAT's challenger (the candidate in the parallel run). `target=prod` needs the same
 version in UAT's manifest already; it moves the registry alias `champion` to it and makes it the champion of prod's
-and UAT's manifests (`resources/release_manifest.py` rewrites their block of the env files, nothing else).
+and UAT's manifests (`resources/release_manifest.py` rewrites their block of the env files, nothing else). With
+`role=challenger`, prod gets it as its challenger instead: the canary share of customers is scored by it, and the
+champion (alias and manifest) stays.
 
 Run as the `promote_model` job, by CI or `aiml promote --product P --version N --change-request CHG... --target T`.
 """
@@ -38,6 +40,7 @@ class PromotionConfig(Config):
     version: int
     change_request: str = ""  # empty reaches the op, so that the refusal is audited
     target: Literal["uat", "prod"]
+    role: Literal["champion", "challenger"] = "champion"  # prod only: challenger = the canary's model
 
 
 def check_change_request(change_request: str) -> str:
@@ -88,7 +91,7 @@ def plan_uat(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> d
     return {"uat": uat}
 
 
-def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> dict[str, Manifest]:
+def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry, role: str = "champion") -> dict[str, Manifest]:
     uat, prod = manifests.read("uat"), manifests.read("prod")
     in_uat = uat.get(product, ProductRelease())
     tested = next((e for e in (in_uat.challenger, in_uat.champion) if _same(e, entry)), None)
@@ -98,7 +101,13 @@ def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry) -> 
     if tested.sha256 != entry.sha256:
         raise PromotionRefused(f"{entry.name} version {entry.version}: Nexus sha256 {entry.sha256} differs from the "
                                f"{tested.sha256} UAT ran")
-    prod[product] = _with_champion(prod.get(product, ProductRelease()), entry)
+    in_prod = prod.get(product, ProductRelease())
+    if role == "challenger":
+        if _same(in_prod.champion, entry):
+            raise PromotionRefused(f"{entry.name} version {entry.version} is prod's champion already")
+        prod[product] = in_prod.model_copy(update={"challenger": entry})
+        return {"prod": prod}
+    prod[product] = _with_champion(in_prod, entry)
     uat[product] = _with_champion(in_uat, entry)  # UAT runs prod's champion beside its own challenger
     return {"prod": prod, "uat": uat}
 
@@ -119,16 +128,16 @@ def promotion_resources(settings: Settings, resources_dir: str | Path | None = N
     return bound
 
 
-def _apply(context, name: str, entry: ReleaseEntry, target: str, manifests: ReleaseManifest, plan) -> None:
+def _apply(context, name: str, entry: ReleaseEntry, moves_champion: bool, manifests: ReleaseManifest, plan) -> None:
     """Move the champion alias (prod) and write the manifests, or neither: if the write fails, the alias goes back."""
     client = context.resources.mlflow.client()
-    previous = alias_version(client, name, CHAMPION) if target == "prod" else None
-    if target == "prod":
+    previous = alias_version(client, name, CHAMPION) if moves_champion else None
+    if moves_champion:
         client.set_registered_model_alias(name, CHAMPION, str(entry.version))
     try:
         manifests.write(plan)
     except BaseException:
-        if target == "prod":
+        if moves_champion:
             if previous is None:
                 client.delete_registered_model_alias(name, CHAMPION)
             else:
@@ -150,26 +159,28 @@ def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefin
         event = dict(subject=f"models:/{name}/{config.version}", actor=actor(context), environment=config.target,
                      run_id=context.run_id, change_request=config.change_request.strip() or None)
         details = {"product": config.product, "name": name, "version": config.version, "target": config.target,
-                   "registry_environment": settings.environment}
+                   "role": config.role, "registry_environment": settings.environment}
+        moves_champion = config.target == "prod" and config.role == "champion"
         try:
             change_request = check_change_request(config.change_request)
             if config.product not in settings.products:
                 raise PromotionRefused(f"{config.product!r} is not a product of {settings.environment}")
             with manifests.locked():
                 entry = verified_entry(context, name, config.version, change_request)
-                plan = (plan_prod if config.target == "prod" else plan_uat)(manifests, config.product, entry)
+                plan = (plan_prod(manifests, config.product, entry, config.role) if config.target == "prod"
+                        else plan_uat(manifests, config.product, entry))
                 previous = manifests.read(config.target).get(config.product, ProductRelease())
                 manifests.check(plan)
                 audit.record(PROMOTION_STARTED, **event, details={**details, "sha256": entry.sha256})
                 try:
-                    _apply(context, name, entry, config.target, manifests, plan)
+                    _apply(context, name, entry, moves_champion, manifests, plan)
                 except Exception as exc:
                     audit.record(PROMOTION_FAILED, **event, details={**details, "error": f"{type(exc).__name__}: {exc}"})
                     raise
         except PromotionRefused as refusal:
             audit.record(PROMOTION_REFUSED, **event, details={**details, "reason": str(refusal)})
             raise Failure(description=f"promotion refused: {refusal}", allow_retries=False) from refusal
-        slot = "champion" if config.target == "prod" else "challenger"
+        slot = "champion" if moves_champion else "challenger"
         replaced = getattr(previous, slot)
         audit.record(PROMOTION, **event, details={**details, "sha256": entry.sha256, "slot": slot,
                                                    "replaced": replaced.model_dump() if replaced else None})
@@ -185,8 +196,10 @@ def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefin
     return promote_model
 
 
-def promotion_run_config(product: str, version: int, change_request: str, target: str) -> dict:
-    config = {"product": product, "version": version, "change_request": change_request, "target": target}
+def promotion_run_config(product: str, version: int, change_request: str, target: str,
+                         role: str = "champion") -> dict:
+    config = {"product": product, "version": version, "change_request": change_request, "target": target,
+              "role": role}
     return {"ops": {"promote": {"config": config}}}
 
 

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from aiml_assets.models.reference_profile import profile
 from aiml_assets.provenance import git_commit
 
 CATEGORICAL = ["age_band", "region", "segment", "income_band"]
@@ -38,6 +39,7 @@ SKOPS_TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredict
 
 
 VERSION_TAG = "registered_model_version"  # run tag: the version this run's registration returned
+REFERENCE_PROFILE = "reference_profile.json"  # run artifact: the training rows' feature distribution (drift)
 
 
 class NotEnoughSnapshots(ValueError):
@@ -110,6 +112,7 @@ class TrainedModel:
     train_rows: int
     validation: pd.DataFrame = field(repr=False)
     validation_scores: np.ndarray = field(repr=False)
+    reference_profile: dict = field(default_factory=dict, repr=False)  # feature shares of the training rows
 
 
 def train(frame: pd.DataFrame, *, shuffle_labels: bool = False) -> TrainedModel:
@@ -127,7 +130,7 @@ def train(frame: pd.DataFrame, *, shuffle_labels: bool = False) -> TrainedModel:
         model=model, metrics=validation_metrics(valid_rows, scores),
         train_snapshots=[str(s) for s in sorted(train_rows["snapshot_date"].unique())],
         validation_snapshot=str(valid_rows["snapshot_date"].iloc[0]), train_rows=len(train_rows),
-        validation=valid_rows, validation_scores=scores,
+        validation=valid_rows, validation_scores=scores, reference_profile=profile(x, CATEGORICAL),
     )
 
 
@@ -172,6 +175,7 @@ def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, pr
                 mlflow.log_artifact(str(Path(tmp) / file_name), artifact_path="plots")
         if importance:
             mlflow.log_dict(importance, "plots/feature_importance.json")
+        mlflow.log_dict(trained.reference_profile, REFERENCE_PROFILE)
         info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
                                         registered_model_name=name, serialization_format="skops",
                                         skops_trusted_types=SKOPS_TRUSTED, pip_requirements=model_requirements())

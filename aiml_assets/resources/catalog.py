@@ -45,6 +45,16 @@ class Catalog(ConfigurableResource, ABC):
     def exists(self, name: str) -> bool: ...
 
     @abstractmethod
+    def publish(self, name: str, location: str, *, version_id: str, owner: str, comment: str, properties: dict,
+                read_grants: list[str]) -> None:
+        """Switch `name` to the immutable table version at `location` in one atomic step, with its owner, comment,
+        properties and SELECT grants to `read_grants`."""
+
+    @abstractmethod
+    def published(self, name: str) -> dict | None:
+        """The properties of what `name` currently serves (with `cdp_version`), or None if nothing is published."""
+
+    @abstractmethod
     def version(self, name: str) -> int:
         """The Delta table version the name currently points at."""
 
@@ -97,6 +107,14 @@ class LocalCatalog(Catalog):
     def location(self, name) -> str:
         return self.entry(name)["location"]
 
+    def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
+        # one INSERT OR REPLACE of the name's row: readers resolve the old version or the new one
+        self.register(name, location, owner=owner, comment=comment,
+                      properties={**properties, "cdp_version": version_id, "read_grants": sorted(read_grants)})
+
+    def published(self, name) -> dict | None:
+        return self.entry(name)["properties"] if self.exists(name) else None
+
     def names(self) -> list[str]:
         with closing(self._connect()) as conn:
             return [row[0] for row in conn.execute("SELECT name FROM tables ORDER BY name")]
@@ -131,9 +149,43 @@ class UnityCatalog(Catalog):
     def register(self, name, location, *, owner, comment="", properties=None) -> None:
         spark = self._spark()
         check_name(name)
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION '{location}'")
+        if not self.exists(name):
+            spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{location}'")
+            # once, at creation: after it, only the owner (or a member of the owning group) may alter the table
+            spark.sql(f"ALTER TABLE {name} SET OWNER TO `{owner}`")
         spark.sql(f"COMMENT ON TABLE {name} IS {json.dumps(comment)}")
-        spark.sql(f"ALTER TABLE {name} SET OWNER TO `{owner}`")
         if properties:
-            props = ", ".join(f"{json.dumps(k)} = {json.dumps(str(v))}" for k, v in properties.items())
-            spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({props})")
+            spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({_properties(properties)})")
+
+    def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
+        # Each version is a table of its own; the name tenants read is a view over one of them. ALTER VIEW ... AS
+        # switches it in one statement and keeps the view's owner and grants (CREATE OR REPLACE VIEW would drop
+        # them). The view runs with its owner's rights, so the owner reads the version table and tenants only the
+        # view. The service principal that publishes must be a member of the owning group.
+        spark = self._spark()
+        version_table = check_name(f"{check_name(name)}__v_{version_id}")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {version_table} USING DELTA LOCATION '{location}'")
+        spark.sql(f"GRANT SELECT ON TABLE {version_table} TO `{owner}`")
+        if self.exists(name):
+            spark.sql(f"ALTER VIEW {name} AS SELECT * FROM {version_table}")
+        else:
+            spark.sql(f"CREATE VIEW {name} AS SELECT * FROM {version_table}")
+            spark.sql(f"ALTER VIEW {name} OWNER TO `{owner}`")
+        for group in read_grants:
+            spark.sql(f"GRANT SELECT ON TABLE {name} TO `{group}`")
+        spark.sql(f"COMMENT ON TABLE {name} IS {json.dumps(comment)}")
+        spark.sql(f"ALTER VIEW {name} SET TBLPROPERTIES ({_properties({**properties, 'cdp_version': version_id})})")
+
+    def published(self, name) -> dict | None:
+        if not self.exists(name):
+            return None
+        spark = self._spark()
+        properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {check_name(name)}").collect()}
+        # the version the view selects from is the truth; the property written after the switch can lag a crash
+        text = spark.sql(f"SHOW CREATE TABLE {name}").first()[0]
+        served = re.search(r"__v_([0-9a-f]{16})\b", text)
+        return {**properties, "cdp_version": served.group(1) if served else properties.get("cdp_version")}
+
+
+def _properties(properties: dict) -> str:
+    return ", ".join(f"{json.dumps(str(k))} = {json.dumps(str(v))}" for k, v in properties.items())

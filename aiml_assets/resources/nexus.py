@@ -76,7 +76,8 @@ PUBLISHABLE_PATH = re.compile(
     r"models/(?P<name>[a-z0-9_]+(?:\.[a-z0-9_]+)*)/(?P<version>[1-9][0-9]*)/(?P<file>model\.zip|metadata\.json)"
 )
 REQUIRED_METADATA_KEYS = ("name", "version", "metrics", "signature", "git_commit", "training_data", "model_sha256")
-METADATA_KEYS = frozenset(REQUIRED_METADATA_KEYS) | {"mlflow_run_id", "code_version"}  # nothing else rides along
+# reference_profile: bin edges and shares of the training features (aggregates, never rows) for drift checks
+METADATA_KEYS = frozenset(REQUIRED_METADATA_KEYS) | {"mlflow_run_id", "code_version", "reference_profile"}  # nothing else rides along
 MAX_TEXT_BYTES = 1024 * 1024  # metadata.json and every model file but the serialized model itself
 MAX_SERIALIZED_MODEL_BYTES = 512 * 1024 * 1024
 

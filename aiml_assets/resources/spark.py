@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 from dagster import ConfigurableResource
@@ -30,6 +32,9 @@ class SparkResource(ConfigurableResource):
             active = SparkSession.getActiveSession()
             if active is not None:
                 return active
+            # Python workers (mapInPandas scoring) must run this interpreter, with its libraries, not the PATH's
+            # python3; pyspark reads this variable, not spark.pyspark.python, when it starts a local context.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             return (
                 SparkSession.builder.master(self.master)
                 .appName("aiml_assets")

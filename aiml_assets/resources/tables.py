@@ -54,6 +54,10 @@ class DeltaTables(ConfigurableResource, ABC):
     def version(self, location: str) -> int: ...
 
     @abstractmethod
+    def exists(self, location: str) -> bool:
+        """Whether a Delta table has been committed at `location`."""
+
+    @abstractmethod
     def commit_metadata(self, location: str) -> dict:
         """The latest commit's metadata (holds the Dagster run id of the write)."""
 
@@ -144,6 +148,9 @@ class DeltaRsTables(DeltaTables):
     def version(self, location) -> int:
         return DeltaTable(location).version()
 
+    def exists(self, location) -> bool:
+        return DeltaTable.is_deltatable(location)
+
     def commit_metadata(self, location) -> dict:
         return DeltaTable(location).history(limit=1)[0]
 
@@ -170,6 +177,11 @@ class SparkDeltaTables(DeltaTables):
 
     def version(self, location) -> int:
         return int(self._last_commit(location)["version"])
+
+    def exists(self, location) -> bool:
+        from delta.tables import DeltaTable as SparkDeltaTable  # the Databricks runtime's own Delta
+
+        return SparkDeltaTable.isDeltaTable(SparkSession.builder.getOrCreate(), location)
 
     def commit_metadata(self, location) -> dict:
         commit = self._last_commit(location)

@@ -1,0 +1,52 @@
+"""Where an asset's Delta table lives: a bucket role and key for writing, a three-level catalog name for reading.
+
+Lab assets write to the perishable lab bucket, scoring assets to the environment's scoring bucket; either way they
+read back (and everyone downstream reads) by catalog name only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dagster import AssetKey
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from aiml_assets.settings import Settings
+
+
+@dataclass(frozen=True)
+class AssetTable:
+    name: str  # catalog.schema.table
+    role: str  # bucket role in resources/<env>.yaml
+    key: str  # key of the table's folder in that bucket
+    partition_column: str
+    owner: str  # the catalog principal that owns the table
+
+    def location(self, context) -> str:
+        return context.resources.storage.uri(self.role, self.key)
+
+    def write_partition(self, context, df: DataFrame, value: str) -> int:
+        """Replace one partition atomically; returns the table's new Delta version."""
+        return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id,
+                                              partition_by=[self.partition_column],
+                                              replace={self.partition_column: value})
+
+    def register(self, context, *, comment: str, properties: dict) -> None:
+        """Name the table in the catalog (on Unity Catalog a few SQL statements, so once per run)."""
+        context.resources.catalog.register(self.name, self.location(context), owner=self.owner, comment=comment,
+                                           properties=properties)
+
+    def read(self, context, values: list | None = None) -> DataFrame:
+        table = context.resources.catalog.read(context.resources.spark.get_session(), self.name)
+        return table if values is None else table.filter(F.col(self.partition_column).isin(values))
+
+
+def lab_table(settings: Settings, key: AssetKey) -> AssetTable:
+    return AssetTable(f"{settings.catalog.aiml_catalog}.lab.{key.path[-1]}", "lab", key.path[-1], "snapshot_date",
+                      settings.catalog.table_owner)
+
+
+def scoring_table(settings: Settings, key: AssetKey, partition_column: str = "snapshot_date") -> AssetTable:
+    return AssetTable(f"{settings.catalog.aiml_catalog}.inference.{key.path[-1]}", "scoring", key.path[-1],
+                      partition_column, settings.catalog.table_owner)

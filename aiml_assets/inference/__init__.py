@@ -1,0 +1,1 @@
+"""Prod inference: scoring features, deployed models, daily propensity scores, drift, the UAT parallel run."""

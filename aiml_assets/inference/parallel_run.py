@@ -1,0 +1,101 @@
+"""UAT's parallel run: the champion and the challenger score the same customers side by side, and the report says
+how far apart they are (score shift per product, rank agreement). UAT never publishes to EDP."""
+
+
+from datetime import datetime, timezone
+
+import pandas as pd
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from aiml_assets.asset_tables import scoring_table
+from aiml_assets.inference.assets import (
+    DEPLOYED_MODEL_KEY, MODEL_RESOURCES, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
+)
+from aiml_assets.inference.deployment import CHALLENGER, CHAMPION, load_all
+from aiml_assets.inference.schemas import parallel_run_schema
+from aiml_assets.inference.scoring import score_customers
+from aiml_assets.models.reference_profile import psi
+from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.settings import Settings
+
+GROUP = "uat_parallel_run"
+PARALLEL_RUN_KEY = AssetKey(["uat", "parallel_run_report"])
+DECILES = [i / 10 for i in range(1, 10)]
+
+
+def _side(scores: DataFrame, role: str) -> DataFrame:
+    return scores.select("customer_id", "snapshot_date", "product_code", F.col("score").alias(f"{role}_score"),
+                         F.col("rank").alias(f"{role}_rank"), F.col("model_version").alias(f"{role}_version"))
+
+
+def score_shift(side_by_side: DataFrame) -> pd.DataFrame:
+    """Per product: mean absolute score difference, correlation, same rank share, and the PSI of the challenger's
+    scores over the champion's deciles."""
+    stats = side_by_side.groupBy("product_code").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.avg(F.abs(F.col("challenger_score") - F.col("champion_score"))).alias("mean_abs_diff"),
+        F.corr("champion_score", "challenger_score").alias("score_correlation"),
+        F.avg((F.col("champion_rank") == F.col("challenger_rank")).cast("double")).alias("same_rank_share"),
+        F.percentile_approx("champion_score", DECILES, 10_000).alias("edges"),
+    ).toPandas().set_index("product_code")
+    shifts = {}
+    for product, edges in stats["edges"].items():
+        rows = side_by_side.filter(F.col("product_code") == product)
+        counts = {}
+        for role in ("champion", "challenger"):
+            bucket = sum((F.col(f"{role}_score") >= float(e)).cast("int") for e in edges)
+            counts[role] = {f"b{r['b']}": r["count"] for r in rows.groupBy(bucket.alias("b")).count().collect()}
+        total = sum(counts["champion"].values())
+        shifts[product] = psi({k: v / total for k, v in counts["champion"].items()}, counts["challenger"])
+    return stats.drop(columns=["edges"]).assign(score_psi=pd.Series(shifts)).round(5)
+
+
+def parallel_run_assets(settings: Settings) -> list:
+    products, daily = settings.products, scoring_partitions(settings)
+    features_table = scoring_table(settings, SCORING_FEATURES_KEY)
+    report_table, schema = scoring_table(settings, PARALLEL_RUN_KEY), parallel_run_schema(products)
+
+    @asset(
+        key=PARALLEL_RUN_KEY, deps=[SCORING_FEATURES_KEY, DEPLOYED_MODEL_KEY],
+        group_name=GROUP, partitions_def=daily, owners=["team:aiml"], kinds={"spark", "delta"},
+        description="Champion and challenger scores side by side for every customer and product, with the "
+        "differences per product (mean absolute difference, correlation, same rank share, score PSI) and the share "
+        "of customers whose best product is the same. A product without a challenger compares its champion with "
+        "itself.",
+        metadata={"dagster/column_schema": table_schema(schema), "dagster/table_name": report_table.name},
+        required_resource_keys=MODEL_RESOURCES,
+    )
+    def parallel_run_report(context: AssetExecutionContext) -> MaterializeResult:
+        day = scoring_day(context)
+        entries = {(d.product, d.role): d for d in deployed(context, settings)}
+        features = features_table.read(context, [day])
+        now = datetime.now(timezone.utc)
+        models = load_all(context.resources.nexus, list(entries.values()))
+        sides = []
+        for role in (CHAMPION, CHALLENGER):  # a product without a challenger faces its champion
+            chosen = {(p, CHAMPION): models.get((p, role), models[(p, CHAMPION)]) for p in products}
+            sides.append(_side(score_customers(features, chosen, products, 0.0, now), role))
+        side_by_side = sides[0].join(sides[1], ["customer_id", "snapshot_date", "product_code"])
+        version = report_table.write_partition(context, side_by_side.select(*schema.columns), day.isoformat())
+        report_table.register(context, comment="UAT parallel run: champion and challenger scores side by side",
+                              properties={"dagster_asset": PARALLEL_RUN_KEY.to_user_string()})
+        written = report_table.read(context, [day])
+        shift = score_shift(written)
+        best = written.filter((F.col("champion_rank") == 1) | (F.col("challenger_rank") == 1)).groupBy(
+            "customer_id").agg(F.max(F.when(F.col("champion_rank") == 1, F.col("product_code"))).alias("a"),
+                               F.max(F.when(F.col("challenger_rank") == 1, F.col("product_code"))).alias("b"))
+        agreement = best.agg(F.avg((F.col("a") == F.col("b")).cast("double"))).first()[0] or 0.0
+        without = [p for p in products if (p, CHALLENGER) not in entries]
+        context.log.info(f"parallel run {day}: best product agrees for {agreement:.1%} of customers")
+        return MaterializeResult(metadata={
+            "score_shift_per_product": MetadataValue.md(shift.to_markdown()),
+            "best_product_agreement": MetadataValue.float(round(float(agreement), 5)),
+            "products_without_challenger": MetadataValue.json(without),
+            "table_version": MetadataValue.int(version),
+        })
+
+    check = pandera_check(PARALLEL_RUN_KEY, schema, lambda context: report_table.read(context, [scoring_day(context)]),
+                          MODEL_RESOURCES, partitions_def=daily)
+    return [parallel_run_report, check]

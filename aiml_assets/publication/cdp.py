@@ -1,0 +1,159 @@
+"""`cdp/nba_propensity`: the day's scores published as a Consolidated Data Product, write-audit-publish.
+
+Write: the scores become a new immutable Delta table in the publication bucket, named by a fingerprint of their
+content, so the same scores always make the same version. Audit: the great-expectations suite and the pandera
+schema run on that staged table. Publish: only if both pass, the catalog name switches to it in one step, with
+owner, classification, contract version and tenant grants. A failed audit leaves the published version in place.
+"""
+
+
+import hashlib
+from pathlib import Path
+
+import yaml
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from aiml_assets.asset_tables import scoring_table
+from aiml_assets.features.customer_features import offers
+from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLICATION_STARTED, actor
+from aiml_assets.inference.assets import GROUP, SCORES_KEY, SCORING_FEATURES_KEY, scoring_day, scoring_partitions
+from aiml_assets.inference.schemas import nba_propensity_schema
+from aiml_assets.publication.expectations import run_publish_gate
+from aiml_assets.quality import pandera_check, table_schema, validate
+from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.settings import Settings, aiml_home
+
+CDP_KEY = AssetKey(["cdp", "nba_propensity"])
+CONTRACT = Path(__file__).with_name("nba_propensity.odcs.yaml")
+RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
+
+
+def contract_version() -> str:
+    return str(yaml.safe_load(CONTRACT.read_text())["version"])
+
+
+def cdp_name(settings: Settings) -> str:
+    return f"{settings.publication.catalog}.{settings.publication.schema_name}.{CDP_KEY.path[-1]}"
+
+
+def content_version(scores: DataFrame, day: str, contract: str) -> tuple[str, int]:
+    """(version id, rows): a fingerprint of every column but `scored_at`, so a rerun on the same inputs, which
+    gives the same scores at another time, names the same version. One aggregation; the sum of 64-bit row hashes
+    is order-free, decimal keeps it from overflowing, and scores are rounded to 12 places first so that another
+    order of floating-point sums on a cluster cannot change the id."""
+    columns = [c for c in scores.columns if c != "scored_at"]
+    values = [F.round(c, 12) if c == "score" else F.col(c) for c in columns]
+    row = scores.agg(F.count(F.lit(1)).alias("rows"),
+                     F.sum(F.xxhash64(*values).cast("decimal(38,0)")).alias("hash")).first()
+    digest = hashlib.sha256(f"{day}|{row['rows']}|{row['hash']}|{contract}|{','.join(columns)}".encode()).hexdigest()
+    return digest[:16], row["rows"]
+
+
+def _not_publishable(current: dict, version_id: str, day: str) -> str | None:
+    """Why the version must not replace what the name serves now, if it must not."""
+    if current.get("cdp_version") == version_id:
+        return "same scores as the published version"
+    if str(current.get("snapshot_date", "")) > day:
+        return f"a later scoring day ({current['snapshot_date']}) is published; an earlier one never replaces it"
+    return None
+
+
+def _without_examples(total: int, violations) -> list[str]:
+    """pandera violations by column, rule and count: no customer keys, which must not reach logs or the audit."""
+    return [f"column {v.column}: {v.rule}" + (f" failed for {v.failed_rows} of {total} rows" if v.failed_rows else "")
+            for v in violations]
+
+
+def cdp_assets(settings: Settings) -> list:
+    publication, products = settings.publication, settings.products
+    name, schema = cdp_name(settings), nba_propensity_schema(settings.products)
+    scores_table = scoring_table(settings, SCORES_KEY)
+    features_table = scoring_table(settings, SCORING_FEATURES_KEY)
+    daily = scoring_partitions(settings)
+
+    @asset(
+        key=CDP_KEY,
+        deps=[SCORES_KEY, SCORING_FEATURES_KEY],  # the features give the row count the audit expects
+        group_name=GROUP, partitions_def=daily, owners=["team:aiml"], kinds={"delta", "unity-catalog"},
+        pool="cdp_publication",  # one switch at a time across runs (the remote instance limits pools to 1)
+        description=f"The NBA propensity scores as the Consolidated Data Product {name}: each day an immutable "
+        "version in the publication bucket, audited by great-expectations and pandera, then switched to atomically "
+        f"in the catalog ({publication.classification}; tenants {', '.join(publication.tenant_groups)} read it "
+        "by name only).",
+        metadata={"dagster/column_schema": table_schema(schema), "dagster/table_name": name,
+                  "contract": MetadataValue.path(f"aiml_assets/publication/{CONTRACT.name}")},
+        required_resource_keys=RESOURCES,
+    )
+    def nba_propensity(context: AssetExecutionContext) -> MaterializeResult:
+        day = scoring_day(context).isoformat()
+        catalog, tables, contract = context.resources.catalog, context.resources.tables, contract_version()
+        spark = context.resources.spark.get_session()
+        # one pinned snapshot of the scores for the fingerprint and the write: a rerun of the scores meanwhile
+        # cannot make the version's id describe other rows
+        pinned = catalog.version(scores_table.name)
+        scores = catalog.read(spark, scores_table.name, pinned).filter(F.col("snapshot_date") == day)
+        version_id, rows = content_version(scores, day, contract)
+        described = {"cdp_version": MetadataValue.text(version_id), "snapshot_date": MetadataValue.text(day),
+                     "contract_version": MetadataValue.text(contract), "dagster/row_count": MetadataValue.int(rows),
+                     "scores_table_version": MetadataValue.int(pinned)}
+
+        def not_published(reason: str) -> MaterializeResult:
+            context.log.info(f"{name}: {day}: version {version_id} not published: {reason}")
+            return MaterializeResult(metadata={**described, "published": MetadataValue.bool(False),
+                                               "reason": MetadataValue.text(reason)})
+
+        current = catalog.published(name) or {}
+        if reason := _not_publishable(current, version_id, day):
+            return not_published(reason)
+
+        location = context.resources.storage.uri("publication", f"cdp/nba_propensity/versions/{version_id}")
+        if not tables.exists(location):  # a version once written is never rewritten
+            tables.write(scores, location, run_id=context.run.run_id)
+            context.log.info(f"{name}: staged version {version_id} ({rows} rows) at {location}")
+        staged = tables.read(spark, location)
+        expected = offers(features_table.read(context, [day]), products).count()  # scored independently of scores
+        gate = run_publish_gate(staged, columns=list(schema.columns), products=products, expected_rows=expected,
+                                project_root=aiml_home(), run_name=f"{day}-{version_id}")
+        total, violations = validate(schema, staged)
+        failures = gate.failures + [f"pandera {schema.name}: {v}" for v in _without_examples(total, violations)]
+        if content_version(staged, day, contract)[0] != version_id:
+            failures.append(f"the staged version at {location} does not hold the scores its id {version_id} names")
+        event = dict(subject=name, actor=actor(context), environment=settings.environment, run_id=context.run.run_id)
+        details = {"cdp_version": version_id, "snapshot_date": day, "location": location, "rows": rows,
+                   "contract_version": contract}
+        audit = context.resources.audit
+        if failures:
+            audit.record(PUBLICATION_REFUSED, **event, details={**details, "failures": failures})
+            raise Failure(
+                description=f"{CDP_KEY.to_user_string()} {day}: version {version_id} failed the publish gate; "
+                f"{name} still serves version {current.get('cdp_version', 'none')}:\n  " + "\n  ".join(failures),
+                metadata={"data_docs": MetadataValue.url(gate.data_docs), "failures": MetadataValue.json(failures)},
+                allow_retries=False,
+            )
+        current = catalog.published(name) or {}  # again, just before the switch
+        if reason := _not_publishable(current, version_id, day):
+            return not_published(reason)
+        audit.record(PUBLICATION_STARTED, **event, details=details)
+        catalog.publish(
+            name, location, version_id=version_id, owner=publication.owner,
+            comment=f"NBA propensity scores (Consolidated Data Product, owner {publication.owner}): one row per "
+            f"customer and product they may be offered, scoring date {day}; contract nba_propensity {contract}",
+            properties={"snapshot_date": day, "classification": publication.classification,
+                        "contract_version": contract, "dagster_asset": CDP_KEY.to_user_string(), "rows": rows,
+                        "source": f"{scores_table.name}@v{pinned}"},
+            read_grants=publication.tenant_groups,
+        )
+        audit.record(PUBLICATION, **event, details={**details, "replaced": current.get("cdp_version")})
+        context.log.info(f"{name}: now serves version {version_id} ({day}, {rows} rows); replaced "
+                         f"{current.get('cdp_version', 'nothing')}")
+        return MaterializeResult(metadata={**described, "published": MetadataValue.bool(True),
+                                           "location": MetadataValue.path(location),
+                                           "data_docs": MetadataValue.url(gate.data_docs),
+                                           "replaced_version": MetadataValue.text(current.get("cdp_version", "none"))})
+
+    published_check = pandera_check(
+        CDP_KEY, schema, lambda context: context.resources.catalog.read(context.resources.spark.get_session(), name),
+        {"spark", "catalog"}, partitions_def=daily)
+    return [nba_propensity, published_check]
