@@ -172,7 +172,10 @@ class ReleaseEntry(_Strict):
 
     name: str
     version: int = Field(ge=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of model.zip
+    # of metadata.json, whose reference profile is the drift baseline: pinned here like the binary, not trusted to
+    # Nexus's own sidecar
+    metadata_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     change_request: str
 
 

@@ -235,3 +235,11 @@ def test_output_drifting_from_the_contract_fails(scores, tmp_path, drift):
     result = contract.verify_published(publish(transform(scores), tmp_path / "v1"))
     assert not result.passed
     assert any(check in failure for failure in result.failures), result.failures
+
+
+def test_a_past_day_is_checked_without_the_service_levels_but_with_every_other_rule(scores, tmp_path):
+    replayed = scores.withColumn("scored_at", F.col("scored_at") - F.expr("INTERVAL 3 DAYS"))
+    assert contract.verify_published(publish(replayed, tmp_path / "v1"), service_levels=False).passed
+    broken = replayed.withColumn("score", _one_row("score", F.lit(1.5)))
+    result = contract.verify_published(publish(broken, tmp_path / "v2"), service_levels=False)
+    assert not result.passed and any("Check that field score has a maximum of 1" in f for f in result.failures)

@@ -182,7 +182,8 @@ def test_promotion_goes_through_uat_to_prod_under_change_requests(platform):
     sha256 = _sha256(platform, PASSED)
     uat_run = platform.promote(PASSED, "uat", CR_UAT)
     assert uat_run.success, failure_reason(uat_run)
-    entry = ReleaseEntry(name=NAME, version=PASSED, sha256=sha256, change_request=CR_UAT)
+    entry = ReleaseEntry(name=NAME, version=PASSED, sha256=sha256, change_request=CR_UAT,
+                         metadata_sha256=platform.resources["nexus"].sha256(nexus_paths(NAME, PASSED).metadata))
     assert platform.manifest("uat") == {PRODUCT: ProductRelease(challenger=entry)}
     assert platform.file_bytes()["prod"] == original["prod"]
     assert platform.alias(CHAMPION) is None  # UAT is a parallel run: the registry's champion does not move
@@ -311,7 +312,7 @@ def test_manifest_rewrite_keeps_everything_above_the_marker(platform):
     path = platform.resources_dir / "uat.yaml"
     path.write_bytes(path.read_bytes().replace(b"products:", b"# a hand-written note  \nproducts:"))
     head = path.read_bytes()[: path.read_bytes().index(MANIFEST_MARKER.encode())]
-    entry = ReleaseEntry(name=NAME, version=1, sha256="0" * 64, change_request=CR_UAT)
+    entry = ReleaseEntry(name=NAME, version=1, sha256="0" * 64, metadata_sha256="1" * 64, change_request=CR_UAT)
     manifests.write({"uat": {PRODUCT: ProductRelease(challenger=entry), "mortgage": ProductRelease()}})
     assert path.read_bytes().startswith(head + MANIFEST_MARKER.encode() + b"\n")
     assert manifests.read("uat") == {PRODUCT: ProductRelease(challenger=entry)}  # empty releases are left out
@@ -321,7 +322,7 @@ def test_manifest_rewrite_keeps_everything_above_the_marker(platform):
 def test_an_invalid_manifest_is_never_written(platform):
     manifests = ReleaseManifest(resources_dir=str(platform.resources_dir))
     before = platform.file_bytes()
-    entry = ReleaseEntry(name=NAME, version=1, sha256="0" * 64, change_request=CR_UAT)
+    entry = ReleaseEntry(name=NAME, version=1, sha256="0" * 64, metadata_sha256="1" * 64, change_request=CR_UAT)
     with pytest.raises(ManifestError, match="not in products"):
         manifests.write({"uat": {PRODUCT: ProductRelease(champion=entry)},
                          "prod": {"unknown_product": ProductRelease(champion=entry)}})

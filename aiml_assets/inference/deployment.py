@@ -4,14 +4,15 @@ only after their bytes match the manifest's sha256."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import hashlib
 import tempfile
 from pathlib import Path
 
 import mlflow
 
-from aiml_assets.models.binary import fetch_metadata, fetch_model
+from aiml_assets.models.binary import fetch_model, nexus_paths
 from aiml_assets.models.registry import CHALLENGER, CHAMPION
-from aiml_assets.resources.nexus import NexusError, NexusRepository
+from aiml_assets.resources.nexus import NexusError, NexusRepository, read_metadata
 from aiml_assets.settings import ProductRelease
 
 
@@ -28,12 +29,14 @@ class Deployment:
     version: int
     sha256: str
     change_request: str
+    metadata_sha256: str | None = None  # from the manifest; the deployed_model table does not carry it
 
     def describe(self) -> str:
         return f"{self.product} {self.role} {self.name} version {self.version}"
 
     def row(self) -> dict:
         record = asdict(self)
+        record.pop("metadata_sha256")
         return {"product_code": record.pop("product"), "model_role": record.pop("role"),
                 "model_name": record.pop("name"), "model_version": record.pop("version"),
                 "model_sha256": record.pop("sha256"), **record}
@@ -54,7 +57,8 @@ def deployments(manifest: dict[str, ProductRelease], products: list[str], source
             if not entry.name.endswith(f".nba_propensity_{product}"):
                 raise DeploymentRefused(f"the {source} release manifest names {entry.name} as {product}'s {role}: "
                                         "not a model of that product. Nothing is scored.")
-            found.append(Deployment(product, role, entry.name, entry.version, entry.sha256, entry.change_request))
+            found.append(Deployment(product, role, entry.name, entry.version, entry.sha256, entry.change_request,
+                                    entry.metadata_sha256))
     return found
 
 
@@ -76,7 +80,16 @@ def load_all(nexus: NexusRepository, chosen: list[Deployment]) -> dict[tuple[str
 
 def reference_profile(nexus: NexusRepository, deployment: Deployment) -> dict:
     """The feature distribution the deployed version was trained on (from its Nexus metadata)."""
-    metadata = fetch_metadata(nexus, deployment.name, deployment.version)
+    path = nexus_paths(deployment.name, deployment.version).metadata
+    try:
+        document = nexus.fetch(path)
+    except NexusError as exc:
+        raise DeploymentRefused(f"{deployment.describe()}: refused: {exc}") from exc
+    actual = hashlib.sha256(document).hexdigest()
+    if actual != deployment.metadata_sha256:
+        raise DeploymentRefused(f"{deployment.describe()}: {path} has sha256 {actual}, the release manifest says "
+                                f"{deployment.metadata_sha256}; its reference profile is not the one promoted")
+    metadata = read_metadata(path, document)
     if metadata.get("model_sha256") != deployment.sha256:
         raise DeploymentRefused(f"{deployment.describe()}: Nexus metadata describes sha256 "
                                 f"{metadata.get('model_sha256')}, the manifest {deployment.sha256}")

@@ -18,10 +18,10 @@ from dagster import Config, Failure, JobDefinition, OpExecutionContext, Output, 
 from mlflow.exceptions import MlflowException
 
 from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED, actor
-from aiml_assets.models.binary import fetch_metadata, nexus_paths
+from aiml_assets.models.binary import nexus_paths
 from aiml_assets.models.registry import CHAMPION, GATE_TAG, alias_version
 from aiml_assets.models.training import registered_name
-from aiml_assets.resources.nexus import NexusError
+from aiml_assets.resources.nexus import NexusError, read_metadata
 from aiml_assets.resources.release_manifest import Manifest, ReleaseManifest, release_manifest_for
 from aiml_assets.settings import ProductRelease, ReleaseEntry, Settings
 
@@ -63,17 +63,19 @@ def verified_entry(context: OpExecutionContext, name: str, version: int, change_
     gate = model_version.tags.get(GATE_TAG)
     if gate != "passed":
         raise PromotionRefused(f"{name} version {version} has not passed the validation gate ({GATE_TAG}={gate!r})")
-    nexus, path = context.resources.nexus, nexus_paths(name, version).model
+    nexus, paths = context.resources.nexus, nexus_paths(name, version)
     try:
-        sha256 = hashlib.sha256(nexus.fetch(path)).hexdigest()  # fetch verifies the bytes against the sidecar
-        metadata = fetch_metadata(nexus, name, version)
+        sha256 = hashlib.sha256(nexus.fetch(paths.model)).hexdigest()  # fetch verifies the bytes against the sidecar
+        document = nexus.fetch(paths.metadata)
+        metadata = read_metadata(paths.metadata, document)
     except NexusError as exc:
         raise PromotionRefused(f"{name} version {version}: no verified binary in Nexus: {exc}") from exc
     described = (metadata.get("name"), str(metadata.get("version")), metadata.get("model_sha256"))
     if described != (name, str(version), sha256):
         raise PromotionRefused(f"{name} version {version}: Nexus metadata.json describes {described}, "
                                f"not this version's binary (sha256 {sha256})")
-    return ReleaseEntry(name=name, version=version, sha256=sha256, change_request=change_request)
+    return ReleaseEntry(name=name, version=version, sha256=sha256,
+                        metadata_sha256=hashlib.sha256(document).hexdigest(), change_request=change_request)
 
 
 def _same(entry: ReleaseEntry | None, other: ReleaseEntry) -> bool:
@@ -98,9 +100,10 @@ def plan_prod(manifests: ReleaseManifest, product: str, entry: ReleaseEntry, rol
     if tested is None:
         raise PromotionRefused(f"{entry.name} version {entry.version} is not in UAT's release manifest: "
                                "promote it to uat first")
-    if tested.sha256 != entry.sha256:
-        raise PromotionRefused(f"{entry.name} version {entry.version}: Nexus sha256 {entry.sha256} differs from the "
-                               f"{tested.sha256} UAT ran")
+    if (tested.sha256, tested.metadata_sha256) != (entry.sha256, entry.metadata_sha256):
+        raise PromotionRefused(f"{entry.name} version {entry.version}: Nexus sha256 {entry.sha256} (metadata "
+                               f"{entry.metadata_sha256}) differs from the {tested.sha256} (metadata "
+                               f"{tested.metadata_sha256}) UAT ran")
     in_prod = prod.get(product, ProductRelease())
     if role == "challenger":
         if _same(in_prod.champion, entry):
