@@ -52,3 +52,19 @@ def test_the_canary_is_the_same_hash_selected_share_on_every_run(spark):
     # a larger share keeps every earlier canary customer: raising it only adds customers
     wider = {r[0] for r in customers.filter(in_canary(F.col("customer_id"), 0.2)).collect()}
     assert again < wider
+
+
+def test_the_parallel_run_measures_how_far_the_challenger_moved_per_product(spark):
+    from aiml_assets.inference.parallel_run import score_shift
+
+    rows = []
+    for i in range(2000):
+        base = (i % 1000) / 1000 * 0.1
+        for product, challenger in (("credit_card", base), ("mortgage", min(base * 3, 1.0))):
+            rows.append((f"C{i:08d}", product, base, challenger, 1, 1 if product == "credit_card" else 2))
+    frame = spark.createDataFrame(rows, "customer_id string, product_code string, champion_score double, "
+                                  "challenger_score double, champion_rank int, challenger_rank int")
+    shift = score_shift(frame)
+    assert shift.loc["credit_card", "score_psi"] == 0 and shift.loc["credit_card", "mean_abs_diff"] == 0
+    assert shift.loc["mortgage", "score_psi"] > 1 and shift.loc["mortgage", "same_rank_share"] == 0
+    assert shift.loc["mortgage", "score_correlation"] > 0.99  # shifted, not reordered

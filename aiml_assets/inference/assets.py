@@ -107,20 +107,19 @@ def inference_assets(settings: Settings) -> list:
     @asset_check(
         asset=SCORING_FEATURES_KEY, name="feature_drift", blocking=True, partitions_def=daily,
         required_resource_keys=MODEL_RESOURCES,
-        description="PSI of every scoring feature against each deployed champion's training data (its reference "
-        f"profile in Nexus): warns above {settings.inference.drift.warn_psi}, fails (and blocks scoring) above "
+        description="PSI of every scoring feature against the training data of each deployed model, champions and "
+        f"challengers (its reference profile in Nexus): warns above {settings.inference.drift.warn_psi}, fails (and blocks scoring) above "
         f"{settings.inference.drift.fail_psi}.",
     )
     def feature_drift(context: AssetCheckExecutionContext) -> AssetCheckResult:
         drift = settings.inference.drift
         features = features_table.read(context, [scoring_day(context)])
         worst: dict[str, tuple[str, float]] = {}
-        for deployment in manifest_deployments(context, settings):
-            if deployment.role != CHAMPION:
-                continue
+        for deployment in manifest_deployments(context, settings):  # champions, and challengers (canary, UAT)
             eligible = features.filter(F.col(f"holds_{deployment.product}") == 0)  # the rows the model scores
             values = feature_psi(eligible, reference_profile(context.resources.nexus, deployment))
-            worst[deployment.product] = max(values.items(), key=lambda item: item[1])
+            label = deployment.product if deployment.role == CHAMPION else f"{deployment.product} ({deployment.role})"
+            worst[label] = max(values.items(), key=lambda item: item[1])
         summary = {product: {"feature": feature, "psi": round(value, 4)} for product, (feature, value) in worst.items()}
         highest = max(value for _, value in worst.values())
         metadata = {"max_psi": MetadataValue.float(round(highest, 6)), "worst_feature_per_product": MetadataValue.json(summary)}

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import scoring_table
@@ -30,26 +30,34 @@ def _side(scores: DataFrame, role: str) -> DataFrame:
                          F.col("rank").alias(f"{role}_rank"), F.col("model_version").alias(f"{role}_version"))
 
 
+def _decile(score: str) -> Column:
+    return F.size(F.filter("edges", lambda edge: edge <= F.col(score)))
+
+
 def score_shift(side_by_side: DataFrame) -> pd.DataFrame:
     """Per product: mean absolute score difference, correlation, same rank share, and the PSI of the challenger's
-    scores over the champion's deciles."""
+    scores over the champion's deciles. Two Spark jobs whatever the number of products."""
     stats = side_by_side.groupBy("product_code").agg(
         F.count(F.lit(1)).alias("rows"),
         F.avg(F.abs(F.col("challenger_score") - F.col("champion_score"))).alias("mean_abs_diff"),
         F.corr("champion_score", "challenger_score").alias("score_correlation"),
         F.avg((F.col("champion_rank") == F.col("challenger_rank")).cast("double")).alias("same_rank_share"),
         F.percentile_approx("champion_score", DECILES, 10_000).alias("edges"),
-    ).toPandas().set_index("product_code")
+    )
+    # each score's decile of its product's champion scores: the number of edges at or below it
+    buckets = side_by_side.join(F.broadcast(stats.select("product_code", "edges")), "product_code").select(
+        "product_code", F.explode(F.array(*[
+            F.struct(F.lit(role).alias("role"), _decile(f"{role}_score").alias("bucket"))
+            for role in ("champion", "challenger")])).alias("b"))
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for row in buckets.groupBy("product_code", "b.role", "b.bucket").count().collect():
+        counts.setdefault(row["product_code"], {}).setdefault(row["role"], {})[f"b{row['bucket']}"] = row["count"]
     shifts = {}
-    for product, edges in stats["edges"].items():
-        rows = side_by_side.filter(F.col("product_code") == product)
-        counts = {}
-        for role in ("champion", "challenger"):
-            bucket = sum((F.col(f"{role}_score") >= float(e)).cast("int") for e in edges)
-            counts[role] = {f"b{r['b']}": r["count"] for r in rows.groupBy(bucket.alias("b")).count().collect()}
-        total = sum(counts["champion"].values())
-        shifts[product] = psi({k: v / total for k, v in counts["champion"].items()}, counts["challenger"])
-    return stats.drop(columns=["edges"]).assign(score_psi=pd.Series(shifts)).round(5)
+    for product, by_role in counts.items():
+        total = sum(by_role["champion"].values())
+        shifts[product] = psi({k: v / total for k, v in by_role["champion"].items()}, by_role.get("challenger", {}))
+    frame = stats.drop("edges").toPandas().set_index("product_code")
+    return frame.assign(score_psi=pd.Series(shifts)).round(5)
 
 
 def parallel_run_assets(settings: Settings) -> list:
