@@ -12,6 +12,7 @@ from dagster import (
     AssetSpec,
     DefaultScheduleStatus,
     Definitions,
+    ExecutorDefinition,
     JobDefinition,
     StaticPartitionsDefinition,
     build_schedule_from_partitioned_job,
@@ -21,6 +22,7 @@ from dagster import (
 )
 
 from aiml_assets.features.assets import GROUP as FEATURES_GROUP
+from aiml_assets.governance.lockdown import locked
 from aiml_assets.features.assets import lab_feature_assets
 from aiml_assets.inference.assets import GROUP as INFERENCE_GROUP
 from aiml_assets.inference.assets import inference_assets
@@ -64,6 +66,13 @@ def lab_model_binaries(settings: Settings) -> AssetSpec:
                      "environment deploys the versions its release manifest names.")
 
 
+def executor_for(settings: Settings) -> ExecutorDefinition:
+    # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step is its
+    # own Databricks run. A locked environment (prod) refuses runs launched by hand before any step.
+    chosen = in_process_executor if settings.is_local else multiprocess_executor
+    return locked(chosen, settings.lockdown, settings.environment) if settings.lockdown else chosen
+
+
 def build_definitions(env: str | None = None, settings: Settings | None = None) -> Definitions:
     """The Definitions of `env` (default: AIML_ENV), or of `settings` as given (tests vary a setting this way)."""
     settings = settings or load_settings(env)
@@ -102,9 +111,7 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
         resources=build_resources(settings),
         jobs=jobs,
         schedules=schedules,
-        # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step
-        # is its own Databricks run.
-        executor=in_process_executor if settings.is_local else multiprocess_executor,
+        executor=executor_for(settings),
     )
 
 

@@ -167,6 +167,12 @@ class PublicationSettings(_Strict):
     tenant_groups: list[str] = Field(min_length=1)  # granted SELECT, nothing else
 
 
+class LockdownSettings(_Strict):
+    """Runs only from schedules, sensors, or this CI service principal with a change request id (prod)."""
+
+    ci_principal: str = Field(min_length=1)
+
+
 class ReleaseEntry(_Strict):
     """One deployed model version: what UAT and prod pull from Nexus, and the change request that put it there."""
 
@@ -199,6 +205,7 @@ class Settings(_Strict):
     models: ModelSettings | None = None
     inference: InferenceSettings | None = None
     publication: PublicationSettings | None = None
+    lockdown: LockdownSettings | None = None  # required in prod: no run launched by hand
     # product -> deployed versions; written by the promotion job (`aiml promote`), never by hand
     release_manifest: dict[str, ProductRelease] = {}
 
@@ -245,6 +252,13 @@ class Settings(_Strict):
             if self.publication is None or "publication" not in self.storage.buckets:
                 raise ValueError("publication, storage.buckets.publication: required when asset_groups has "
                                  "cdp_publication")
+        return self
+
+    @model_validator(mode="after")
+    def _prod_is_locked(self) -> Settings:
+        if self.environment == "prod" and self.lockdown is None:
+            raise ValueError("lockdown: required in prod (runs only from schedules, sensors or CI with a change "
+                             "request)")
         return self
 
     @model_validator(mode="after")

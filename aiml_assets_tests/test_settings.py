@@ -65,6 +65,7 @@ def _broken(tmp_path: Path, env: str, **changes) -> Path:
         ("prod", {"inference": None}, r"inference, storage\.buckets\.scoring: required when asset_groups has prod_inference"),
         ("prod", {"publication": None}, r"publication, storage\.buckets\.publication: required"),
         ("prod", {"inference__canary_share": 0.9}, r"inference\.canary_share: Input should be less than or equal to 0\.5"),
+        ("prod", {"lockdown": None}, r"lockdown: required in prod"),
         ("prod", {"inference__deploys_from": "uat"}, r"prod deploys from its own release manifest, not uat's"),
         ("uat", {"inference__drift__warn_psi": 0.3}, r"warn_psi 0\.3 must be below fail_psi 0\.25"),
     ],
