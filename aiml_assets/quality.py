@@ -45,10 +45,11 @@ class Violation:
     failed_rows: int | None  # None for schema-level failures (a missing column, a wrong type)
     examples: tuple[str, ...] = ()
 
-    def describe(self, total: int) -> str:
+    def describe(self, total: int, *, examples: bool = True) -> str:
+        """`examples=False` leaves out the example keys: for logs and records that must hold no customer data."""
         if self.failed_rows is None:
             return f"column {self.column}: {self.rule}"
-        example = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
+        example = f" (e.g. {', '.join(self.examples)})" if self.examples and examples else ""
         return f"column {self.column}: {self.rule} failed for {self.failed_rows} of {total} rows{example}"
 
 

@@ -9,6 +9,7 @@ things run last.
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,20 +257,27 @@ def test_a_failing_expectation_keeps_the_published_version_and_registers_nothing
     assert [e["run_id"] for e in refused] == [result.run_id]
 
 
+@contextmanager
+def _replaced_in_nexus(stored: Path, content: bytes):
+    """`content` at a published path of the local Nexus, with a sidecar to match, put back afterwards."""
+    sidecar = stored.with_name(stored.name + ".sha256")
+    original = stored.read_bytes(), sidecar.read_bytes()
+    try:
+        stored.write_bytes(content)
+        sidecar.write_text(hashlib.sha256(content).hexdigest())
+        yield
+    finally:
+        stored.write_bytes(original[0])
+        sidecar.write_bytes(original[1])
+
+
 def test_a_tampered_binary_is_refused_and_nothing_is_scored(platform):
     day = "2026-10-29"
     name = registered_name(platform.settings.catalog.aiml_catalog, "personal_loan")
     stored = Path(platform.resources["nexus"].root) / nexus_paths(name, 1).model
-    sidecar = stored.with_name(stored.name + ".sha256")
-    original = stored.read_bytes(), sidecar.read_bytes()
-    tampered = original[0] + b"\0"
-    try:  # someone with write access to Nexus replaced the binary and its sidecar: only the manifest knows better
-        stored.write_bytes(tampered)
-        sidecar.write_text(hashlib.sha256(tampered).hexdigest())
+    # someone with write access to Nexus replaced the binary and its sidecar: only the manifest knows better
+    with _replaced_in_nexus(stored, stored.read_bytes() + b"\0"):
         result = platform.run(day)
-    finally:
-        stored.write_bytes(original[0])
-        sidecar.write_bytes(original[1])
     assert not result.success
     failure = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "personal_loan champion" in failure and "release manifest says" in failure
@@ -282,18 +290,11 @@ def test_a_drift_baseline_rewritten_in_nexus_is_refused(platform):
     day = "2026-10-27"
     name = registered_name(platform.settings.catalog.aiml_catalog, "mortgage")
     stored = Path(platform.resources["nexus"].root) / nexus_paths(name, 1).metadata
-    sidecar = stored.with_name(stored.name + ".sha256")
-    original = stored.read_bytes(), sidecar.read_bytes()
-    metadata = json.loads(original[0])
+    metadata = json.loads(stored.read_bytes())
     metadata["reference_profile"]["features"]["tenure_days"]["shares"].reverse()  # a baseline that hides drift
-    rewritten = json.dumps(metadata).encode()
-    try:  # binary untouched; metadata.json and its sidecar replaced by someone with write access to Nexus
-        stored.write_bytes(rewritten)
-        sidecar.write_text(hashlib.sha256(rewritten).hexdigest())
+    # binary untouched; metadata.json and its sidecar replaced by someone with write access to Nexus
+    with _replaced_in_nexus(stored, json.dumps(metadata).encode()):
         result = platform.run(day)
-    finally:
-        stored.write_bytes(original[0])
-        sidecar.write_bytes(original[1])
     assert not result.success
     failures = {e.step_key: str(e.step_failure_data.error) for e in result.get_step_failure_events()}
     assert list(failures) == ["prod__scoring_features_feature_drift"]

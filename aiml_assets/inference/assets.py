@@ -4,6 +4,7 @@ Everything is partitioned by scoring date, so one daily run scores one day and r
 """
 
 
+from dataclasses import asdict, fields
 from datetime import date, datetime, timezone
 
 import pandas as pd
@@ -27,7 +28,7 @@ from aiml_assets.asset_tables import scoring_table
 from aiml_assets.features.assets import read_sources
 from aiml_assets.features.customer_features import customer_features
 from aiml_assets.features.schemas import customer_features_schema
-from aiml_assets.inference import plots
+from aiml_assets.inference.plots import score_summary
 from aiml_assets.inference.deployment import (
     CHAMPION, Deployment, deployments, load_all, reference_profile,
 )
@@ -35,6 +36,7 @@ from aiml_assets.inference.drift import feature_psi
 from aiml_assets.inference.schemas import CANARY_ROLE, deployed_model_schema, propensity_scores_schema
 from aiml_assets.inference.scoring import score_customers
 from aiml_assets.models.assets import BINARY_KEY
+from aiml_assets.plots import inline_markdown
 from aiml_assets.quality import pandera_check, spark_schema, table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
@@ -67,8 +69,7 @@ def manifest_deployments(context, settings: Settings) -> list[Deployment]:
 def deployed(context, settings: Settings) -> list[Deployment]:
     """What `prod/deployed_model` recorded for this scoring day."""
     rows = scoring_table(settings, DEPLOYED_MODEL_KEY).read(context, [scoring_day(context)]).collect()
-    return [Deployment(r["product_code"], r["model_role"], r["model_name"], r["model_version"], r["model_sha256"],
-                       r["change_request"]) for r in rows]
+    return [Deployment(**{f.name: row[f.name] for f in fields(Deployment)}) for row in rows]
 
 
 def inference_assets(settings: Settings) -> list:
@@ -116,9 +117,10 @@ def inference_assets(settings: Settings) -> list:
         features = features_table.read(context, [scoring_day(context)])
         worst: dict[str, tuple[str, float]] = {}
         for deployment in manifest_deployments(context, settings):  # champions, and challengers (canary, UAT)
-            eligible = features.filter(F.col(f"holds_{deployment.product}") == 0)  # the rows the model scores
+            eligible = features.filter(F.col(f"holds_{deployment.product_code}") == 0)  # the rows the model scores
             values = feature_psi(eligible, reference_profile(context.resources.nexus, deployment))
-            label = deployment.product if deployment.role == CHAMPION else f"{deployment.product} ({deployment.role})"
+            label = (deployment.product_code if deployment.model_role == CHAMPION
+                     else f"{deployment.product_code} ({deployment.model_role})")
             worst[label] = max(values.items(), key=lambda item: item[1])
         summary = {product: {"feature": feature, "psi": round(value, 4)} for product, (feature, value) in worst.items()}
         highest = max(value for _, value in worst.values())
@@ -147,8 +149,8 @@ def inference_assets(settings: Settings) -> list:
         entries = manifest_deployments(context, settings)
         load_all(context.resources.nexus, entries)
         for deployment in entries:
-            context.log.info(f"{deployment.describe()}: sha256 {deployment.sha256} verified, loaded")
-        rows = pd.DataFrame([{"snapshot_date": day, **d.row()} for d in entries])
+            context.log.info(f"{deployment.describe()}: sha256 {deployment.model_sha256} verified, loaded")
+        rows = pd.DataFrame([{"snapshot_date": day, **asdict(d)} for d in entries])
         spark = context.resources.spark.get_session()
         version = deployed_table.write_partition(
             context, spark.createDataFrame(rows, schema=spark_schema(deployed_schema)), day.isoformat())
@@ -173,21 +175,21 @@ def inference_assets(settings: Settings) -> list:
         share = settings.inference.canary_share
         # challengers score only a canary share; with none, they are not even pulled
         models = load_all(context.resources.nexus,
-                          [d for d in deployed(context, settings) if d.role == CHAMPION or share > 0])
+                          [d for d in deployed(context, settings) if d.model_role == CHAMPION or share > 0])
         features = features_table.read(context, [day])
         context.log.info(f"scoring {day} with {len(models)} model versions, canary share {share}")
         scores = score_customers(features, models, products, share, datetime.now(timezone.utc))
         version = scores_table.write_partition(context, scores, day.isoformat())
         register(context, scores_table, SCORES_KEY.to_user_string())
         written = scores_table.read(context, [day])
-        summary = plots.score_summary(written)
+        summary = score_summary(written)
         context.log.info(f"scores {day}: {summary.rows} rows, table version {version}")
         return MaterializeResult(metadata={
             "dagster/row_count": MetadataValue.int(summary.rows),
             "rows_per_product_and_role": MetadataValue.json(summary.per_product_role),
             "canary_share_configured": MetadataValue.float(share),
             "canary_share_observed": MetadataValue.float(round(summary.role_share(CANARY_ROLE), 4)),
-            "score_distribution": MetadataValue.md(plots.inline_markdown(summary.histogram_png(day), "scores")),
+            "score_distribution": MetadataValue.md(inline_markdown(summary.histogram_png(day), "scores")),
             "table_version": MetadataValue.int(version),
         })
 

@@ -77,7 +77,7 @@ def parallel_run_assets(settings: Settings) -> list:
     )
     def parallel_run_report(context: AssetExecutionContext) -> MaterializeResult:
         day = scoring_day(context)
-        entries = {(d.product, d.role): d for d in deployed(context, settings)}
+        entries = {(d.product_code, d.model_role): d for d in deployed(context, settings)}
         features = features_table.read(context, [day])
         now = datetime.now(timezone.utc)
         models = load_all(context.resources.nexus, list(entries.values()))

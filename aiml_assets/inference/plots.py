@@ -8,9 +8,8 @@ from datetime import date
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.plots import figure, inline_markdown, to_png
+from aiml_assets.plots import figure, to_png
 
-__all__ = ["ScoreSummary", "inline_markdown", "score_summary"]
 BINS = 40
 
 

@@ -43,6 +43,8 @@ def deployed_model_schema(products: list[str]) -> pa.DataFrameSchema:
         "model_version": _version("Registered version, as in the release manifest"),
         "model_sha256": _col(T.StringType(), "sha256 of model.zip, as in the release manifest and verified on pull",
                              pa.Check.str_matches(r"[0-9a-f]{64}$")),
+        "metadata_sha256": _col(T.StringType(), "sha256 of metadata.json (the drift baseline), as in the release "
+                                "manifest", pa.Check.str_matches(r"[0-9a-f]{64}$")),
         "change_request": _col(T.StringType(), "Change request that promoted the version",
                                pa.Check.str_matches(r"CHG[0-9]{7}$")),
     }, unique=["snapshot_date", "product_code", "model_role"], name="DeployedModel")

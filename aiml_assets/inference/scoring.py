@@ -73,7 +73,7 @@ def score_customers(features: DataFrame, models: dict[tuple[str, str], tuple[obj
     rows = (offers(features, products)
             .withColumn("model_role", F.when(canary, F.lit(CANARY_ROLE)).otherwise(F.lit(CHAMPION_ROLE)))
             .withColumn("_deployed_role", F.when(canary, F.lit(CHALLENGER)).otherwise(F.lit(CHAMPION))))
-    plain = {key: (model, d.name, int(d.version)) for key, (model, d) in models.items()}
+    plain = {key: (model, d.model_name, int(d.model_version)) for key, (model, d) in models.items()}
     scored = rows.mapInPandas(_score_batches(plain, list(CATEGORICAL)), schema=_SCORED)
     by_customer = Window.partitionBy("customer_id", "snapshot_date").orderBy(F.desc("score"), "product_code")
     return (scored.withColumn("rank", F.row_number().over(by_customer).cast("int"))

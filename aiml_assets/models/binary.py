@@ -83,12 +83,7 @@ def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path, expe
     beside a tampered binary cannot fake). Load it with `mlflow.sklearn.load_model(str(dst))` (which trusts the
     skops types recorded in its MLmodel)."""
     path = nexus_paths(name, version).model
-    data = nexus.fetch(path)
-    actual = hashlib.sha256(data).hexdigest()
-    if expected_sha256 is not None and actual != expected_sha256:
-        raise NexusChecksumError(f"{path}: sha256 is {actual}, the release manifest says {expected_sha256}; "
-                                 "refusing to load it")
-    entries = model_zip_entries(path, data)
+    entries = model_zip_entries(path, _fetch(nexus, path, expected_sha256))
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     if any(dst.iterdir()):
@@ -100,6 +95,17 @@ def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path, expe
     return dst
 
 
-def fetch_metadata(nexus: NexusRepository, name: str, version: int) -> dict:
+def fetch_metadata(nexus: NexusRepository, name: str, version: int, expected_sha256: str | None = None) -> dict:
+    """The published metadata.json, checked like `fetch_model`'s binary."""
     path = nexus_paths(name, version).metadata
-    return read_metadata(path, nexus.fetch(path))
+    return read_metadata(path, _fetch(nexus, path, expected_sha256))
+
+
+def _fetch(nexus: NexusRepository, path: str, expected_sha256: str | None) -> bytes:
+    """The bytes at `path`, matching Nexus's sidecar (`fetch` checks it) and, when given, `expected_sha256`."""
+    data = nexus.fetch(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise NexusChecksumError(f"{path}: sha256 is {actual}, the release manifest says {expected_sha256}; "
+                                 "refusing to use it")
+    return data

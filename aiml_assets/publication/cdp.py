@@ -8,9 +8,7 @@ owner, classification, contract version and tenant grants. A failed audit leaves
 
 
 import hashlib
-from pathlib import Path
 
-import yaml
 from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -20,18 +18,14 @@ from aiml_assets.features.customer_features import offers
 from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLICATION_STARTED, actor
 from aiml_assets.inference.assets import GROUP, SCORES_KEY, SCORING_FEATURES_KEY, scoring_day, scoring_partitions
 from aiml_assets.inference.schemas import nba_propensity_schema
+from aiml_assets.publication.contract import CONTRACT, contract_version
 from aiml_assets.publication.expectations import run_publish_gate
 from aiml_assets.quality import pandera_check, table_schema, validate
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings, aiml_home
 
 CDP_KEY = AssetKey(["cdp", "nba_propensity"])
-CONTRACT = Path(__file__).with_name("nba_propensity.odcs.yaml")
 RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
-
-
-def contract_version() -> str:
-    return str(yaml.safe_load(CONTRACT.read_text())["version"])
 
 
 def cdp_name(settings: Settings) -> str:
@@ -58,12 +52,6 @@ def _not_publishable(current: dict, version_id: str, day: str) -> str | None:
     if str(current.get("snapshot_date", "")) > day:
         return f"a later scoring day ({current['snapshot_date']}) is published; an earlier one never replaces it"
     return None
-
-
-def _without_examples(total: int, violations) -> list[str]:
-    """pandera violations by column, rule and count: no customer keys, which must not reach logs or the audit."""
-    return [f"column {v.column}: {v.rule}" + (f" failed for {v.failed_rows} of {total} rows" if v.failed_rows else "")
-            for v in violations]
 
 
 def cdp_assets(settings: Settings) -> list:
@@ -117,7 +105,8 @@ def cdp_assets(settings: Settings) -> list:
         gate = run_publish_gate(staged, columns=list(schema.columns), products=products, expected_rows=expected,
                                 project_root=aiml_home(), run_name=f"{day}-{version_id}")
         total, violations = validate(schema, staged)
-        failures = gate.failures + [f"pandera {schema.name}: {v}" for v in _without_examples(total, violations)]
+        # rules and counts only: no customer key may reach the run's logs or the append-only audit log
+        failures = gate.failures + [f"pandera {schema.name}: {v.describe(total, examples=False)}" for v in violations]
         if content_version(staged, day, contract)[0] != version_id:
             failures.append(f"the staged version at {location} does not hold the scores its id {version_id} names")
         event = dict(subject=name, actor=actor(context), environment=settings.environment, run_id=context.run.run_id)

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from datacontract.data_contract import DataContract
 from deltalake import DeltaTable
 
-# The same file as aiml_assets.publication.cdp.CONTRACT; not imported from there, since importing cdp loads Dagster,
-# Spark and great-expectations (~12 s). test_contract.py asserts the two agree.
+# The contract of the CDP; the publication reads its version. datacontract-cli is imported only where a contract is
+# linted or tested: the code location imports this module to publish and must not pay for that.
 CONTRACT = Path(__file__).with_name("nba_propensity.odcs.yaml")
 SCHEMA = "nba_propensity"
 LOCAL_SERVER = "local"
 UNSUPPORTED_TYPE_CHECK = "Checking types in parquet files is not supported yet"
 OK, NOT_PASSED = ("passed", "info"), ("failed", "error", "warning")
 DELTA_TO_SQL = {"integer": "INT", "long": "BIGINT", "short": "SMALLINT", "byte": "TINYINT"}  # else upper-cased
+
+
+def contract_version() -> str:
+    return str(yaml.safe_load(CONTRACT.read_text())["version"])
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class ContractResult:
 
 def lint(contract: Path = CONTRACT) -> list[str]:
     """The contract's problems against its declared ODCS version; empty when it lints clean."""
+    from datacontract.data_contract import DataContract
+
     run = DataContract(data_contract_file=str(contract)).lint()
     return [f"{c.name}: {c.reason}" for c in run.checks if c.result != "passed"]
 
@@ -46,6 +51,8 @@ def verify_published(location: str, contract: Path = CONTRACT, *, service_levels
     contract's local server, plus the column names and types of the table's own schema. The service levels
     (freshness of scored_at, retention of snapshot_date) are measured against the time of the test; a version of a
     fixed past day (a replay, a test) is checked without them (`service_levels=False`)."""
+    from datacontract.data_contract import DataContract
+
     doc = yaml.safe_load(contract.read_text())
     if not service_levels:
         doc.pop("slaProperties", None)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import great_expectations as gx
-from great_expectations.data_context.types.base import ProgressBarsConfig
 from pyspark.sql import DataFrame
 
 from aiml_assets.inference.schemas import CANARY_ROLE, CHAMPION_ROLE
@@ -23,7 +21,9 @@ class GateResult:
     data_docs: str
 
 
-def suite(columns: list[str], products: list[str], expected_rows: int) -> gx.ExpectationSuite:
+def suite(columns: list[str], products: list[str], expected_rows: int):
+    import great_expectations as gx
+
     expectations = [
         gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
         gx.expectations.ExpectTableRowCountToEqual(value=expected_rows),
@@ -48,6 +48,9 @@ def run_publish_gate(staged: DataFrame, *, columns: list[str], products: list[st
                      project_root: Path, run_name: str) -> GateResult:
     """Validate `staged` against the suite; Data Docs go to `project_root`/gx/uncommitted/data_docs. Results keep
     counts, never example values: no customer key reaches the Data Docs."""
+    import great_expectations as gx  # here, not at module level: it adds ~2.7 s to every code-location load
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="file", project_root_dir=str(project_root))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (context.data_sources.add_or_update_spark("cdp_staging")
@@ -57,7 +60,8 @@ def run_publish_gate(staged: DataFrame, *, columns: list[str], products: list[st
         suite=context.suites.add_or_update(suite(columns, products, expected_rows))))
     checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
         name=f"{SUITE}_checkpoint", validation_definitions=[validation],
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")], result_format={"result_format": "BASIC", "partial_unexpected_count": 0}))
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+        result_format={"result_format": "BASIC", "partial_unexpected_count": 0}))
     outcome = checkpoint.run(batch_parameters={"dataframe": staged}, run_id=gx.core.run_identifier.RunIdentifier(
         run_name=run_name))
     failures = [_describe(r) for run in outcome.run_results.values() for r in run.results if not r.success]
