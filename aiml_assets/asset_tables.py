@@ -42,11 +42,20 @@ class AssetTable:
         return table if values is None else table.filter(F.col(self.partition_column).isin(values))
 
 
+SCHEMA_OF_ROLE = {"lab": "lab", "scoring": "inference"}  # the catalog schema of the tables in each bucket role
+
+
+def table_name(settings: Settings, role: str, key: str) -> str:
+    """The catalog name of the table at `key` in the bucket of `role`."""
+    return f"{settings.catalog.aiml_catalog}.{SCHEMA_OF_ROLE[role]}.{key}"
+
+
 def lab_table(settings: Settings, key: AssetKey) -> AssetTable:
-    return AssetTable(f"{settings.catalog.aiml_catalog}.lab.{key.path[-1]}", "lab", key.path[-1], "snapshot_date",
-                      settings.catalog.table_owner)
+    name = key.path[-1]
+    return AssetTable(table_name(settings, "lab", name), "lab", name, "snapshot_date", settings.catalog.table_owner)
 
 
 def scoring_table(settings: Settings, key: AssetKey, partition_column: str = "snapshot_date") -> AssetTable:
-    return AssetTable(f"{settings.catalog.aiml_catalog}.inference.{key.path[-1]}", "scoring", key.path[-1],
-                      partition_column, settings.catalog.table_owner)
+    name = key.path[-1]
+    return AssetTable(table_name(settings, "scoring", name), "scoring", name, partition_column,
+                      settings.catalog.table_owner)

@@ -92,6 +92,26 @@ def run_main_job(scoring_day: date) -> bool:
         return run.success
 
 
+def record_local_materializations() -> int:
+    """Every materialization on the local instance that the local audit log lacks (the audit sensor is off locally,
+    like the schedules)."""
+    from dagster import DagsterInstance
+
+    from aiml_assets.governance.audit_trail import record_materializations
+    from aiml_assets.resources.per_environment import build_resources
+
+    settings = load_settings()
+    audit = build_resources(settings)["audit"]
+    prepare_instance()
+    cursor, total = None, 0
+    with DagsterInstance.get() as instance:
+        while True:
+            after, recorded = record_materializations(instance, audit, settings.environment, after=cursor)
+            if after == cursor or (cursor is None and after == 0):
+                return total
+            cursor, total = after, total + recorded
+
+
 def promote_challengers(settings) -> bool:
     """Each product's challenger, to UAT and on to prod's champion, under the local change request."""
     from aiml_assets.models.registry import CHALLENGER, alias_version
@@ -169,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {rows} rows")
     if args.command == "seed-edp":
         return 0
-    return 0 if run_main_job(scoring_day=args.end_date + timedelta(days=1)) else 1
+    succeeded = run_main_job(scoring_day=args.end_date + timedelta(days=1))
+    print(f"audit log: {record_local_materializations()} materializations recorded")
+    return 0 if succeeded else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dagster import (
     Definitions,
     ExecutorDefinition,
     JobDefinition,
+    ScheduleDefinition,
     StaticPartitionsDefinition,
     build_schedule_from_partitioned_job,
     define_asset_job,
@@ -22,7 +23,12 @@ from dagster import (
 )
 
 from aiml_assets.features.assets import GROUP as FEATURES_GROUP
+from aiml_assets.governance.audit_trail import audit_trail_sensor
+from aiml_assets.governance.egress import check_lineage, check_own_buckets
+from aiml_assets.governance.erasure import erasure_job
 from aiml_assets.governance.lockdown import locked
+from aiml_assets.governance.retention_assets import GROUP as GOVERNANCE_GROUP
+from aiml_assets.governance.retention_assets import lifecycle_job, retention_assets
 from aiml_assets.features.assets import lab_feature_assets
 from aiml_assets.inference.assets import GROUP as INFERENCE_GROUP
 from aiml_assets.inference.assets import inference_assets
@@ -34,12 +40,13 @@ from aiml_assets.models.assets import model_assets
 from aiml_assets.models.promotion import promotion_job
 from aiml_assets.publication.cdp import cdp_assets
 from aiml_assets.resources.per_environment import build_resources
-from aiml_assets.settings import Settings, load_settings
+from aiml_assets.settings import ENVIRONMENTS, RESOURCES_DIR, Settings, load_settings, parse_settings
 from aiml_assets.sources.edp import EDP_CHECKS, EDP_GROUP, edp_source_products
 
 MAIN_JOB = "main"
 MODELS_JOB = "train_models"
 SCORING_JOB = "daily_scoring"
+RETENTION_JOB = "retention"
 
 
 def graph_for(settings: Settings) -> list:
@@ -54,6 +61,8 @@ def graph_for(settings: Settings) -> list:
     nodes = [node for group in settings.asset_groups for node in components[group]()]
     if "prod_inference" in settings.asset_groups and "model_versions" not in settings.asset_groups:
         nodes.append(lab_model_binaries(settings))
+    if settings.storage.perishable:
+        nodes.extend(retention_assets(settings))
     return nodes
 
 
@@ -76,6 +85,8 @@ def executor_for(settings: Settings) -> ExecutorDefinition:
 def build_definitions(env: str | None = None, settings: Settings | None = None) -> Definitions:
     """The Definitions of `env` (default: AIML_ENV), or of `settings` as given (tests vary a setting this way)."""
     settings = settings or load_settings(env)
+    others = {other: parse_settings(RESOURCES_DIR / f"{other}.yaml").storage.buckets for other in ENVIRONMENTS}
+    check_own_buckets(settings.environment, settings.storage.buckets, others)
     # Jobs run one partitions definition each: the main job covers sources and snapshot-partitioned features,
     # the models job the product-partitioned models (one run per product, so one product's gate failing does not
     # stop another's), the scoring job the daily-partitioned scores and CDP. `aiml run-local` runs all three.
@@ -87,7 +98,21 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
         selection=AssetSelection.groups(EDP_GROUP, FEATURES_GROUP, include_sources=True),
         description="Observe the EDP sources, check them, and materialize the features of this environment.",
     )
-    jobs, schedules = [main_job], []
+    jobs, schedules = [main_job, erasure_job(settings)], []
+    # Remote environments run these with no human in the loop; locally the schedules are there to switch on.
+    unattended = DefaultScheduleStatus.RUNNING if not settings.is_local else DefaultScheduleStatus.STOPPED
+    if settings.storage.perishable:
+        retention = define_asset_job(RETENTION_JOB, selection=AssetSelection.groups(GOVERNANCE_GROUP),
+                                     description="Purge the perishable buckets of everything past retention, "
+                                     "and prove it.")
+        lifecycle = lifecycle_job(settings)
+        jobs += [retention, lifecycle]
+        schedules += [
+            ScheduleDefinition(job=retention, cron_schedule="0 2 * * *", execution_timezone="Europe/London",
+                               default_status=unattended),
+            ScheduleDefinition(job=lifecycle, cron_schedule="30 1 * * *", execution_timezone="Europe/London",
+                               default_status=unattended),
+        ]
     if "prod_inference" in settings.asset_groups:
         scoring_job = define_asset_job(
             SCORING_JOB, selection=scoring,
@@ -96,8 +121,6 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
             + ("; compare champion and challenger side by side" if "uat_parallel_run" in settings.asset_groups else ""),
         )
         jobs.append(scoring_job)
-        # Remote environments score with no human in the loop; locally the schedule is there to switch on.
-        unattended = DefaultScheduleStatus.RUNNING if not settings.is_local else DefaultScheduleStatus.STOPPED
         # 05:00 UK time (the partitions' timezone): published before the contract's 07:00
         schedules.append(build_schedule_from_partitioned_job(scoring_job, hour_of_day=5, default_status=unattended))
     if MODEL_GROUP in settings.asset_groups:
@@ -106,13 +129,16 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
             description="Per product: train, gate (challenger alias on pass), publish the binary to Nexus.",
         ))
         jobs.append(promotion_job(settings))  # promotes from the registry these environments train into
-    return Definitions(
+    definitions = Definitions(
         assets=graph_for(settings),  # asset checks are assets definitions too
         resources=build_resources(settings),
         jobs=jobs,
         schedules=schedules,
+        sensors=[audit_trail_sensor(settings)],
         executor=executor_for(settings),
     )
+    check_lineage(definitions.resolve_asset_graph(), allowed={BINARY_KEY})
+    return definitions
 
 
 defs = build_definitions()

@@ -62,6 +62,16 @@ class StorageSettings(_Strict):
     kind: Literal["local", "s3"]
     buckets: dict[str, str] = Field(min_length=1)  # role (lab, uat, prod, publication...) -> bucket URI
     retention_days: int | None = Field(None, ge=1)  # None: permanent (prod)
+    perishable: list[str] = []  # the bucket roles the retention purge empties of anything older than retention_days
+
+    @model_validator(mode="after")
+    def _perishable_buckets_have_a_retention(self) -> StorageSettings:
+        if bool(self.perishable) != (self.retention_days is not None):
+            raise ValueError("perishable, retention_days: a retention needs the buckets it applies to, and back")
+        for role in self.perishable:
+            if role not in self.buckets or role == "audit":
+                raise ValueError(f"perishable: {role!r} is not a bucket of this environment that may expire")
+        return self
 
     @model_validator(mode="after")
     def _uris_match_kind(self) -> StorageSettings:
@@ -220,8 +230,9 @@ class Settings(_Strict):
         if "lab_features" in self.asset_groups:
             if self.features is None:
                 raise ValueError("features: required when asset_groups has lab_features")
-            if "lab" not in self.storage.buckets or self.storage.retention_days is None:
-                raise ValueError("storage: lab_features need a lab bucket and retention_days")
+            if "lab" not in self.storage.perishable:
+                raise ValueError("storage: lab_features need a perishable lab bucket (storage.perishable, "
+                                 "retention_days)")
         return self
 
     @model_validator(mode="after")

@@ -178,7 +178,7 @@ def scores(spark) -> DataFrame:
 
 
 def publish(df: DataFrame, location) -> str:
-    DeltaRsTables().write(df, str(location), run_id="test")
+    DeltaRsTables(write_roots=[str(location)]).write(df, str(location), run_id="test")
     return str(location)
 
 

@@ -9,6 +9,7 @@ import pytest
 from dagster import AssetKey, Definitions
 
 from aiml_assets.definitions import build_definitions
+from aiml_assets.governance.retention_assets import GROUP as GOVERNANCE_GROUP
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import ENVIRONMENTS, PROJECT_ROOT, load_settings
 
@@ -67,7 +68,10 @@ def test_every_asset_has_a_blocking_pandera_check(env, aiml_home):
     checked = {key.asset_key for key in graph.asset_check_keys if key.name.endswith("_schema")}
     # every asset this environment runs; the lab's binaries in UAT/prod are external there, checked in the lab
     runs = {key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable or graph.get(key).is_observable}
-    assert runs == checked
+    # the retention purge writes no data to validate: its check proves what it deleted (nothing past retention left)
+    purge = {key for key in runs if graph.get(key).group_name == GOVERNANCE_GROUP}
+    assert runs - purge == checked
+    assert {key.asset_key for key in graph.asset_check_keys if key.name == "nothing_past_retention"} == purge
     for key in graph.asset_check_keys:
         assert graph.get_check_spec(key).blocking, key
 
@@ -95,11 +99,12 @@ def test_asset_groups_follow_the_env_file(aiml_home):
         return {node.group_name for node in nodes if node.is_materializable or node.is_observable}
 
     groups = {env: groups_of(env) for env in ENVIRONMENTS}
-    assert groups["lab"] == {"edp_sources", "lab_features", "model_versions"}  # the lab never scores or publishes
+    # the lab never scores or publishes; its bucket is perishable, so it runs the retention purge (governance)
+    assert groups["lab"] == {"edp_sources", "lab_features", "model_versions", "governance"}
     assert groups["local"] == groups["lab"] | {"prod_inference", "uat_parallel_run"}
     # lab data and training never exist outside the lab; UAT compares champion and challenger, prod publishes
-    assert groups["uat"] == {"edp_sources", "prod_inference", "uat_parallel_run"}
-    assert groups["prod"] == {"edp_sources", "prod_inference"}
+    assert groups["uat"] == {"edp_sources", "prod_inference", "uat_parallel_run", "governance"}
+    assert groups["prod"] == {"edp_sources", "prod_inference"}  # permanent storage: no purge
     # ... and the lab's Nexus binaries are there as an external asset, for the lineage from the lab to the CDP
     from aiml_assets.models.assets import BINARY_KEY
     binary = build_definitions("prod").resolve_asset_graph().get(BINARY_KEY)

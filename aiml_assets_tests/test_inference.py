@@ -22,6 +22,7 @@ from aiml_assets.definitions import MAIN_JOB, MODELS_JOB, SCORING_JOB, build_def
 from aiml_assets.edp.seed import seed_edp
 from aiml_assets.features.customer_features import offers
 from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED
+from aiml_assets.governance.erasure import ERASURE_JOB
 from aiml_assets.inference.assets import DEPLOYED_MODEL_KEY, SCORES_KEY, SCORING_FEATURES_KEY
 from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
 from aiml_assets.models.binary import nexus_paths
@@ -318,3 +319,43 @@ def test_a_product_missing_from_the_manifest_is_refused_and_nothing_is_scored(pl
     # deployed_model refuses (and the drift check, which reads the same manifest): nothing downstream runs
     assert "prod__deployed_model" in {e.step_key for e in result.get_step_failure_events()}
     assert platform.scores(day).count() == 0
+
+
+def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scoring(platform, first_day):
+    day = "2026-10-27"
+    training = platform.table("aiml_local.lab.training_set")
+    erased = sorted(r[0] for r in training.filter(F.col("product_code") == "credit_card")
+                    .filter(F.col("snapshot_date") == SNAPSHOTS[1]).select("customer_id").distinct().limit(3).collect())
+    features = platform.table("aiml_local.lab.customer_features")
+    spared, held = (features.filter(~F.col("customer_id").isin(erased)).count(),
+                    features.filter(F.col("customer_id").isin(erased)).count())
+    features_before = platform.catalog.version("aiml_local.lab.customer_features")
+    job = build_definitions(settings=platform.settings).resolve_job_def(ERASURE_JOB)
+
+    result = job.execute_in_process(instance=platform.instance, tags={"aiml/requested_by": "privacy-office"},
+                                    run_config={"ops": {"erase_customers": {"config": {
+                                        "request_id": "DSR-2026-0042", "customer_ids": erased}}}})
+
+    assert result.success
+    for name in ("aiml_local.lab.customer_features", "aiml_local.lab.training_set"):
+        assert platform.table(name).filter(F.col("customer_id").isin(erased)).count() == 0, name
+    assert platform.table("aiml_local.lab.customer_features").count() == spared  # nobody else went
+    with pytest.raises(Exception):  # the history holding them is gone: no time travel back
+        platform.catalog.read(platform.resources["spark"].get_session(), "aiml_local.lab.customer_features",
+                              features_before).count()
+    events = {e["action"]: e for e in platform.resources["audit"].read() if e["subject"] == "DSR-2026-0042"}
+    assert events["erasure_requested"]["actor"] == "privacy-office"
+    assert events["erasure_requested"]["details"]["customer_digests"] == sorted(
+        hashlib.sha256(c.encode()).hexdigest() for c in erased)
+    assert not any(c in json.dumps(e, default=str) for e in platform.resources["audit"].read() for c in erased)
+    models = events["erasure"]["details"]["models_trained_on_them"]
+    name = registered_name(platform.settings.catalog.aiml_catalog, "credit_card")
+    assert models[f"{name} v1"] == models[f"{name} v{platform.challenger}"] == "yes"
+    assert sum(events["erasure"]["details"]["rows_removed"]["aiml_local.lab.customer_features"].values()) == held
+
+    later = platform.run(day, selection=[SCORING_FEATURES_KEY, DEPLOYED_MODEL_KEY, SCORES_KEY])
+    assert later.success
+    for table in ("aiml_local.inference.scoring_features", "aiml_local.inference.propensity_scores"):
+        rows = platform.table(table).filter(F.col("snapshot_date") == day)
+        assert rows.count() > 0 and rows.filter(F.col("customer_id").isin(erased)).count() == 0, table
+    assert platform.scores(DAY).filter(F.col("customer_id").isin(erased)).count() > 0  # only later scoring

@@ -68,6 +68,10 @@ def _broken(tmp_path: Path, env: str, **changes) -> Path:
         ("prod", {"lockdown": None}, r"lockdown: required in prod"),
         ("prod", {"inference__deploys_from": "uat"}, r"prod deploys from its own release manifest, not uat's"),
         ("uat", {"inference__drift__warn_psi": 0.3}, r"warn_psi 0\.3 must be below fail_psi 0\.25"),
+        ("lab", {"storage__perishable": ["audit"]}, r"perishable: 'audit' is not a bucket of this environment"),
+        ("uat", {"storage__perishable": []}, r"perishable, retention_days: a retention needs the buckets"),
+        ("prod", {"storage__perishable": ["scoring"]}, r"perishable, retention_days"),
+        ("lab", {"storage__perishable": ["scoring"]}, r"perishable: 'scoring' is not a bucket"),
     ],
 )
 def test_bad_field_names_file_field_and_expectation(tmp_path, env, change, expected):

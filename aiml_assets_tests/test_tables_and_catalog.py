@@ -28,7 +28,7 @@ def _counts(spark, tables, location):
 
 
 def test_partition_replace_touches_only_that_partition(spark, table):
-    tables = DeltaRsTables()
+    tables = DeltaRsTables(write_roots=[str(table)])
     assert tables.write(_snapshot(spark, "2024-01-31", 30).union(_snapshot(spark, "2024-02-29", 20)), table,
                         run_id="run-1", partition_by=["snapshot_date"]) == 0
     version = tables.write(_snapshot(spark, "2024-01-31", 5, offset=1000), table, run_id="run-2",
@@ -41,14 +41,14 @@ def test_partition_replace_touches_only_that_partition(spark, table):
 
 
 def test_read_keeps_types_of_partition_and_timestamp_columns(spark, table):
-    tables = DeltaRsTables()
+    tables = DeltaRsTables(write_roots=[str(table)])
     tables.write(_snapshot(spark, "2024-01-31", 3), table, run_id="r", partition_by=["snapshot_date"])
     types = dict(tables.read(spark, table).dtypes)
     assert types == {"id": "bigint", "snapshot_date": "date", "spend": "double", "computed_at": "timestamp"}
 
 
 def test_rows_outside_the_replaced_partition_are_refused_and_nothing_is_committed(spark, table, tmp_path):
-    tables = DeltaRsTables()
+    tables = DeltaRsTables(write_roots=[str(table)])
     tables.write(_snapshot(spark, "2024-01-31", 10), table, run_id="r1", partition_by=["snapshot_date"])
     stray = _snapshot(spark, "2024-01-31", 4).union(_snapshot(spark, "2024-03-31", 2))
     with pytest.raises(TableWriteError, match=r"rows outside the replaced partition .*2024-03-31"):
@@ -63,12 +63,12 @@ def test_rows_outside_the_replaced_partition_are_refused_and_nothing_is_committe
 
 def test_replace_must_name_the_partition_columns(spark, table):
     with pytest.raises(TableWriteError, match="must name the partition columns"):
-        DeltaRsTables().write(_snapshot(spark, "2024-01-31", 1), table, run_id="r",
+        DeltaRsTables(write_roots=[str(table)]).write(_snapshot(spark, "2024-01-31", 1), table, run_id="r",
                               partition_by=["snapshot_date"], replace={"id": "1"})
 
 
 def test_empty_table_reads_as_empty_dataframe_with_schema(spark, table):
-    tables = DeltaRsTables()
+    tables = DeltaRsTables(write_roots=[str(table)])
     tables.write(_snapshot(spark, "2024-01-31", 0), table, run_id="r", partition_by=["snapshot_date"])
     df = tables.read(spark, table)
     assert df.count() == 0
@@ -76,7 +76,7 @@ def test_empty_table_reads_as_empty_dataframe_with_schema(spark, table):
 
 
 def test_local_catalog_registers_and_reads_by_name(spark, tmp_path, table):
-    DeltaRsTables().write(_snapshot(spark, "2024-01-31", 7), table, run_id="r", partition_by=["snapshot_date"])
+    DeltaRsTables(write_roots=[str(table)]).write(_snapshot(spark, "2024-01-31", 7), table, run_id="r", partition_by=["snapshot_date"])
     catalog = LocalCatalog(home=str(tmp_path))
     catalog.register("aiml_local.lab.customer_features", table, owner="team:aiml", comment="features",
                      properties={"retention_days": 90})
@@ -91,7 +91,7 @@ def test_local_catalog_registers_and_reads_by_name(spark, tmp_path, table):
 
 def test_catalog_reads_a_pinned_version_after_the_table_moved_on(spark, tmp_path, table):
     """A model records the training table version it used; its gate re-reads exactly that version."""
-    tables, catalog = DeltaRsTables(), LocalCatalog(home=str(tmp_path))
+    tables, catalog = DeltaRsTables(write_roots=[str(table)]), LocalCatalog(home=str(tmp_path))
     tables.write(_snapshot(spark, "2024-01-31", 7), table, run_id="r1", partition_by=["snapshot_date"])
     catalog.register("aiml_local.lab.training_set", table, owner="team:aiml")
     tables.write(_snapshot(spark, "2024-01-31", 3, offset=100), table, run_id="r2", partition_by=["snapshot_date"],

@@ -20,6 +20,7 @@ from aiml_assets.asset_tables import lab_table
 from aiml_assets.features.customer_features import Sources, customer_features, offers
 from aiml_assets.features.profile import profile_metadata
 from aiml_assets.features.schemas import customer_features_schema, training_set_schema
+from aiml_assets.governance.erased import erased_digests, without_erased
 from aiml_assets.quality import pandera_check, table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
@@ -28,7 +29,7 @@ from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS
 GROUP = "lab_features"
 FEATURES_KEY = AssetKey(["lab", "customer_features"])
 TRAINING_KEY = AssetKey(["lab", "training_set"])
-RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage"}
+RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
 
 
 class LabelWindowIncomplete(ValueError):
@@ -36,8 +37,11 @@ class LabelWindowIncomplete(ValueError):
 
 
 def read_sources(context) -> Sources:
+    """The EDP products, by catalog name, without the customers whose erasure was requested (GDPR)."""
     spark, catalog = context.resources.spark.get_session(), context.resources.catalog
-    return Sources(*(catalog.read(spark, name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)))
+    erased = erased_digests(context.resources.audit)
+    return Sources(*(without_erased(catalog.read(spark, name), erased)
+                     for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)))
 
 
 def _snapshots(context) -> list[date]:

@@ -46,7 +46,7 @@ GROUP = "prod_inference"
 SCORING_FEATURES_KEY = AssetKey(["prod", "scoring_features"])
 DEPLOYED_MODEL_KEY = AssetKey(["prod", "deployed_model"])
 SCORES_KEY = AssetKey(["prod", "propensity_scores"])
-RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage"}
+RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
 MODEL_RESOURCES = RESOURCES | {"nexus", "release_manifest"}
 
 

@@ -45,6 +45,10 @@ class Catalog(ConfigurableResource, ABC):
     def exists(self, name: str) -> bool: ...
 
     @abstractmethod
+    def drop(self, name: str) -> None:
+        """Forget the name (the table's files are the caller's business: this never deletes data)."""
+
+    @abstractmethod
     def publish(self, name: str, location: str, *, version_id: str, owner: str, comment: str, properties: dict,
                 read_grants: list[str]) -> None:
         """Switch `name` to the immutable table version at `location` in one atomic step, with its owner, comment,
@@ -107,6 +111,10 @@ class LocalCatalog(Catalog):
     def location(self, name) -> str:
         return self.entry(name)["location"]
 
+    def drop(self, name) -> None:
+        with closing(self._connect()) as conn, conn:
+            conn.execute("DELETE FROM tables WHERE name = ?", (check_name(name),))
+
     def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
         # one INSERT OR REPLACE of the name's row: readers resolve the old version or the new one
         self.register(name, location, owner=owner, comment=comment,
@@ -142,6 +150,9 @@ class UnityCatalog(Catalog):
 
     def exists(self, name) -> bool:
         return self._spark().catalog.tableExists(check_name(name))
+
+    def drop(self, name) -> None:
+        self._spark().sql(f"DROP TABLE IF EXISTS {check_name(name)}")  # an external table: its files stay
 
     def version(self, name) -> int:
         return int(self._spark().sql(f"DESCRIBE HISTORY {check_name(name)} LIMIT 1").first()["version"])

@@ -33,20 +33,21 @@ def build_resources(settings: Settings) -> dict:
     )
     storage = (LocalStorage(home=home, buckets=settings.storage.buckets) if settings.is_local
                else S3Storage(buckets=settings.storage.buckets))
+    roots = [storage.root(role) for role in settings.storage.buckets]
     shared = {"storage": storage, "mlflow": mlflow, "nexus": nexus, "audit": AuditLog.in_bucket(storage),
               "release_manifest": release_manifest_for(settings)}
     if settings.is_local:
         return {
             STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(description="local: steps run in-process"),
             "spark": SparkResource(local=True, **settings.spark.model_dump()),
-            "tables": DeltaRsTables(),
+            "tables": DeltaRsTables(write_roots=roots),
             "catalog": LocalCatalog(home=home),
             **shared,
         }
     return {
         STEP_LAUNCHER_KEY: databricks_step_launcher(settings),
         "spark": SparkResource(local=False),
-        "tables": SparkDeltaTables(),
+        "tables": SparkDeltaTables(write_roots=roots),
         "catalog": UnityCatalog(),
         **shared,
     }

@@ -29,6 +29,18 @@ class StoredObject:
     last_modified: datetime
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object: on a versioned S3 bucket a deletion leaves the data as a noncurrent version under
+    a delete marker; local folders keep only the current version (`version_id` None)."""
+
+    key: str
+    version_id: str | None
+    last_modified: datetime
+    is_latest: bool = True
+    delete_marker: bool = False
+
+
 def _check_key(key: str) -> str:
     parts = PurePosixPath(key).parts
     if not key or key.startswith("/") or ".." in parts:
@@ -58,6 +70,14 @@ class Storage(ConfigurableResource, ABC):
 
     @abstractmethod
     def delete(self, role: str, key: str) -> None: ...
+
+    @abstractmethod
+    def versions(self, role: str, prefix: str = "") -> Iterator[ObjectVersion]:
+        """Every version of every object under `prefix`, delete markers included."""
+
+    @abstractmethod
+    def destroy(self, version: ObjectVersion, role: str) -> None:
+        """Remove one version for good (unlike `delete`, which on a versioned bucket keeps the data recoverable)."""
 
 
 class LocalStorage(Storage):
@@ -89,6 +109,20 @@ class LocalStorage(Storage):
 
     def delete(self, role, key) -> None:
         Path(self.uri(role, key)).unlink(missing_ok=True)
+        self._prune_empty_folders(role, key)
+
+    def versions(self, role, prefix=""):
+        for item in self.list(role, prefix):
+            yield ObjectVersion(item.key, None, item.last_modified)
+
+    def destroy(self, version, role) -> None:
+        self.delete(role, version.key)
+
+    def _prune_empty_folders(self, role: str, key: str) -> None:
+        root, folder = Path(self.root(role)), Path(self.uri(role, key)).parent
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
 
 class S3Storage(Storage):
@@ -97,7 +131,8 @@ class S3Storage(Storage):
     region: str = "eu-west-2"
     endpoint_url: str | None = None
 
-    def _client(self):
+    def client(self):
+        """The S3 client; also for bucket-level settings (versioning, lifecycle rules) of the environment's buckets."""
         return boto3.client("s3", region_name=self.region, endpoint_url=self.endpoint_url)
 
     def _split(self, role: str, key: str = "") -> tuple[str, str]:
@@ -107,17 +142,17 @@ class S3Storage(Storage):
 
     def put(self, role, key, data) -> str:
         bucket, full_key = self._split(role, _check_key(key))
-        self._client().put_object(Bucket=bucket, Key=full_key, Body=data)  # S3 PUTs are atomic per object
+        self.client().put_object(Bucket=bucket, Key=full_key, Body=data)  # S3 PUTs are atomic per object
         return f"s3://{bucket}/{full_key}"
 
     def get(self, role, key) -> bytes:
         bucket, full_key = self._split(role, _check_key(key))
-        return self._client().get_object(Bucket=bucket, Key=full_key)["Body"].read()
+        return self.client().get_object(Bucket=bucket, Key=full_key)["Body"].read()
 
     def list(self, role, prefix=""):
         bucket, base = self._split(role)
         full_prefix = "/".join(part for part in (base, prefix) if part)
-        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=full_prefix)
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=full_prefix)
         for page in pages:
             for item in page.get("Contents", []):
                 key = item["Key"][len(base) + 1:] if base else item["Key"]
@@ -125,4 +160,18 @@ class S3Storage(Storage):
 
     def delete(self, role, key) -> None:
         bucket, full_key = self._split(role, _check_key(key))
-        self._client().delete_object(Bucket=bucket, Key=full_key)
+        self.client().delete_object(Bucket=bucket, Key=full_key)
+
+    def versions(self, role, prefix=""):
+        bucket, base = self._split(role)
+        full_prefix = "/".join(part for part in (base, prefix) if part)
+        pages = self.client().get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=full_prefix)
+        for page in pages:
+            for kind, marker in (("Versions", False), ("DeleteMarkers", True)):
+                for item in page.get(kind, []):
+                    key = item["Key"][len(base) + 1:] if base else item["Key"]
+                    yield ObjectVersion(key, item["VersionId"], item["LastModified"], item["IsLatest"], marker)
+
+    def destroy(self, version, role) -> None:
+        bucket, full_key = self._split(role, _check_key(version.key))
+        self.client().delete_object(Bucket=bucket, Key=full_key, VersionId=version.version_id or "null")

@@ -22,6 +22,8 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+from aiml_assets.governance.egress import check_location
+
 RUN_ID_KEY = "dagster_run_id"
 
 
@@ -30,6 +32,12 @@ class TableWriteError(RuntimeError):
 
 
 class DeltaTables(ConfigurableResource, ABC):
+    # The environment's bucket roots: writes, deletes and vacuums anywhere else are refused (none: nothing is written)
+    write_roots: list[str] = []
+
+    def _writable(self, location: str) -> str:
+        return check_location(location, self.write_roots)
+
     @abstractmethod
     def write(
         self,
@@ -61,9 +69,26 @@ class DeltaTables(ConfigurableResource, ABC):
     def commit_metadata(self, location: str) -> dict:
         """The latest commit's metadata (holds the Dagster run id of the write)."""
 
+    @abstractmethod
+    def live_files(self, location: str) -> list[str]:
+        """The data files the current version reads, relative to `location`."""
+
+    @abstractmethod
+    def delete_partitions(self, location: str, column: str, values: list[str], *, run_id: str) -> int:
+        """Remove the partitions `column IN values` in one commit; returns the new table version."""
+
+    @abstractmethod
+    def forget_history(self, location: str) -> None:
+        """Destroy every file the current version no longer reads, so earlier versions cannot be time-travelled
+        back, and checkpoint the log so that its entries before now can be removed too."""
+
+
+def _quoted(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
 
 def _predicate(replace: dict[str, str]) -> str:
-    return " AND ".join(f"{column} = '{value}'" for column, value in replace.items())
+    return " AND ".join(f"{column} = {_quoted(value)}" for column, value in replace.items())
 
 
 class DeltaRsTables(DeltaTables):
@@ -71,6 +96,7 @@ class DeltaRsTables(DeltaTables):
     driver), and delta-rs commits them as one transaction."""
 
     def write(self, df, location, *, run_id, partition_by=None, replace=None) -> int:
+        self._writable(location)
         partition_by = list(partition_by or [])
         if replace and set(replace) != set(partition_by):
             raise TableWriteError(f"{location}: replace {sorted(replace)} must name the partition columns {partition_by}")
@@ -154,11 +180,26 @@ class DeltaRsTables(DeltaTables):
     def commit_metadata(self, location) -> dict:
         return DeltaTable(location).history(limit=1)[0]
 
+    def live_files(self, location) -> list[str]:
+        return [unquote(path) for path in DeltaTable(location).get_add_actions(flatten=True).column("path").to_pylist()]
+
+    def delete_partitions(self, location, column, values, *, run_id) -> int:
+        table = DeltaTable(self._writable(location))
+        table.delete(f"{column} IN ({', '.join(_quoted(v) for v in values)})",
+                     commit_properties=CommitProperties(custom_metadata={RUN_ID_KEY: run_id}))
+        return table.version()
+
+    def forget_history(self, location) -> None:
+        table = DeltaTable(self._writable(location))
+        table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+        table.create_checkpoint()
+
 
 class SparkDeltaTables(DeltaTables):
     """Databricks: Spark's own Delta reader and writer."""
 
     def write(self, df, location, *, run_id, partition_by=None, replace=None) -> int:
+        self._writable(location)
         writer = df.write.format("delta").mode("overwrite").option("userMetadata", run_id)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
@@ -186,3 +227,27 @@ class SparkDeltaTables(DeltaTables):
     def commit_metadata(self, location) -> dict:
         commit = self._last_commit(location)
         return {"version": int(commit["version"]), RUN_ID_KEY: commit["userMetadata"]}
+
+    def live_files(self, location) -> list[str]:
+        root = location.rstrip("/") + "/"
+        files = SparkSession.builder.getOrCreate().read.format("delta").load(location).inputFiles()
+        return [unquote(uri.removeprefix(root)) for uri in files]
+
+    def delete_partitions(self, location, column, values, *, run_id) -> int:
+        self._writable(location)
+        spark = SparkSession.builder.getOrCreate()
+        spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
+        try:
+            spark.sql(f"DELETE FROM delta.`{location}` WHERE {column} IN ({', '.join(_quoted(v) for v in values)})")
+        finally:
+            spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+        return self.version(location)
+
+    def forget_history(self, location) -> None:
+        self._writable(location)
+        spark = SparkSession.builder.getOrCreate()
+        # Delta refuses a retention under 7 days unless told: a purge means exactly that nothing is kept
+        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        spark.sql(f"VACUUM delta.`{location}` RETAIN 0 HOURS")
+        # from this commit on, every commit writes a checkpoint, so the log entries before it can go
+        spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ('delta.checkpointInterval' = '1')")

@@ -1,0 +1,27 @@
+"""The customers whose erasure was requested (GDPR): recorded in the audit log as SHA-256 digests of their ids, and
+dropped from whatever a feature or scoring asset reads from then on."""
+
+import hashlib
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+ERASURE_REQUESTED = "erasure_requested"  # audit action
+DIGESTS = "customer_digests"  # its details key
+
+
+def digest(customer_id: str) -> str:
+    return hashlib.sha256(str(customer_id).encode()).hexdigest()
+
+
+def erased_digests(audit) -> set[str]:
+    return {d for event in audit.read() if event["action"] == ERASURE_REQUESTED for d in event["details"][DIGESTS]}
+
+
+def without_erased(df: DataFrame, erased: set[str]) -> DataFrame:
+    """`df` without the rows of customers whose erasure was requested."""
+    if not erased:
+        return df
+    digests = df.sparkSession.createDataFrame([(d,) for d in sorted(erased)], "erased_digest string")
+    return df.join(F.broadcast(digests), F.sha2(F.col("customer_id").cast("string"), 256) == F.col("erased_digest"),
+                   "left_anti")

@@ -1,0 +1,154 @@
+"""Perishable storage: the retention purge on local folders and on a versioned S3 bucket (a moto server, which
+delta-rs reaches over HTTP like real S3), with an injected clock: moto never expires anything by itself."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from aiml_assets.governance.retention import cutoff, destroy_noncurrent, past_retention, purge
+from aiml_assets.resources.catalog import LocalCatalog
+from aiml_assets.resources.storage import LocalStorage, S3Storage
+from aiml_assets.resources.tables import DeltaRsTables
+
+RETENTION = 90
+TABLE = "customer_features"
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    # its own process: some delta-rs calls hold the GIL while they wait for the server, so a server thread in this
+    # process could never answer them
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture(params=["local", "s3"])
+def bucket(request, tmp_path, monkeypatch):
+    """The lab bucket: a folder, or a versioned bucket on the moto server."""
+    if request.param == "local":
+        return LocalStorage(home=str(tmp_path), buckets={"lab": "buckets/lab"})
+    url = request.getfixturevalue("moto_url")
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "eu-west-2",
+                        "AWS_DEFAULT_REGION": "eu-west-2", "AWS_ENDPOINT_URL": url, "AWS_ALLOW_HTTP": "true",
+                        "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}.items():
+        monkeypatch.setenv(name, value)
+    name = f"buk-aiml-lab-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", region_name="eu-west-2", endpoint_url=url)
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return S3Storage(buckets={"lab": f"s3://{name}"}, endpoint_url=url)
+
+
+def write_snapshot(storage, snapshot: str, customers: list[str]):
+    rows = pa.table({"customer_id": customers, "snapshot_date": [snapshot] * len(customers)})
+    location = storage.uri("lab", TABLE)
+    write_deltalake(location, rows, partition_by=["snapshot_date"], mode="overwrite",
+                    predicate=f"snapshot_date = '{snapshot}'" if DeltaTable.is_deltatable(location) else None)
+
+
+def two_ages(storage):
+    """An old snapshot, an overwritten and a deleted stray object; then, a clear second later, a fresh snapshot and
+    object. Returns the moment between them: purging as of that moment + retention makes only the first lot old."""
+    write_snapshot(storage, "2024-11-01", ["c1", "c2"])
+    storage.put("lab", "exports/old.csv", b"v1")
+    storage.put("lab", "exports/old.csv", b"v2")  # on S3: v1 is now a noncurrent version
+    storage.put("lab", "exports/deleted.csv", b"x")
+    storage.delete("lab", "exports/deleted.csv")  # on S3: a delete marker over the data
+    time.sleep(1.2)  # S3 stamps LastModified to the second
+    between = datetime.now(timezone.utc)
+    time.sleep(1.2)
+    write_snapshot(storage, "2024-12-01", ["c3"])
+    storage.put("lab", "exports/new.csv", b"fresh")
+    return between
+
+
+def run_purge(storage, now, catalog=None, name=None):
+    return purge(storage, DeltaRsTables(write_roots=[storage.root("lab")]), catalog, role="lab", retention_days=RETENTION, now=now, run_id="run-1",
+                 name_of=lambda key: name, log=lambda _: None)
+
+
+def test_the_purge_removes_data_past_retention_with_its_versions_and_history(bucket):
+    between = two_ages(bucket)
+    now = between + timedelta(days=RETENTION)
+    limit = cutoff(now, RETENTION)
+    location = bucket.uri("lab", TABLE)
+    assert past_retention(bucket, "lab", limit)  # without the purge, old data is there (the proof would fail)
+    if isinstance(bucket, S3Storage):  # what a plain deletion leaves on a versioned bucket
+        assert {"exports/old.csv", "exports/deleted.csv"} <= {v.key for v in bucket.versions("lab") if not v.is_latest}
+        assert any(v.delete_marker for v in bucket.versions("lab", "exports/deleted.csv"))
+
+    report = run_purge(bucket, now)
+
+    assert report.partitions_deleted == {TABLE: ["snapshot_date=2024-11-01"]}
+    assert DeltaTable(location).to_pyarrow_table().column("customer_id").to_pylist() == ["c3"]
+    with pytest.raises(Exception, match="(?i)not found|no such file|no files in log"):  # no time travel back to the old snapshot
+        DeltaTable(location, version=0).to_pyarrow_table()
+    assert past_retention(bucket, "lab", limit) == []
+    keys = {v.key for v in bucket.versions("lab")}
+    assert {"exports/new.csv"} == {k for k in keys if k.startswith("exports/")}
+    assert not any(v.delete_marker for v in bucket.versions("lab") if v.key.startswith("exports/"))
+
+
+def test_the_purge_keeps_everything_within_retention(bucket):
+    between = two_ages(bucket)
+    before = sorted((v.key, v.version_id) for v in bucket.versions("lab"))
+    report = run_purge(bucket, between + timedelta(days=RETENTION - 1))
+    assert (report.partitions_deleted, report.tables_removed, report.versions_destroyed) == ({}, [], 0)
+    assert sorted((v.key, v.version_id) for v in bucket.versions("lab")) == before
+
+
+def test_a_table_wholly_past_retention_goes_with_its_catalog_name(bucket, tmp_path):
+    two_ages(bucket)
+    catalog = LocalCatalog(home=str(tmp_path / "catalog_home"))
+    catalog.register("aiml_local.lab.customer_features", bucket.uri("lab", TABLE), owner="aiml-engineers")
+    now = datetime.now(timezone.utc) + timedelta(days=RETENTION, minutes=1)
+
+    report = run_purge(bucket, now, catalog, "aiml_local.lab.customer_features")
+
+    assert report.tables_removed == [TABLE]
+    assert not catalog.exists("aiml_local.lab.customer_features")
+    assert list(bucket.versions("lab")) == []
+
+
+def test_an_erasure_does_not_wait_for_the_lifecycle_rule(bucket):
+    write_snapshot(bucket, "2024-11-01", ["c1", "c2"])
+    write_snapshot(bucket, "2024-11-01", ["c2"])  # c1 erased: its old file is unreferenced, then vacuumed
+    DeltaRsTables(write_roots=[bucket.root("lab")]).forget_history(bucket.uri("lab", TABLE))
+    destroy_noncurrent(bucket, "lab", f"{TABLE}/")
+    versions = list(bucket.versions("lab", f"{TABLE}/"))
+    assert all(v.is_latest and not v.delete_marker for v in versions)
+    assert len([v for v in versions if v.key.endswith(".parquet") and "_delta_log" not in v.key]) == 1
+
+
+def test_local_age_is_the_files_write_time(tmp_path):
+    storage = LocalStorage(home=str(tmp_path), buckets={"lab": "buckets/lab"})
+    storage.put("lab", "exports/aged.csv", b"x")
+    aged = (datetime.now(timezone.utc) - timedelta(days=RETENTION + 1)).timestamp()
+    os.utime(storage.uri("lab", "exports/aged.csv"), (aged, aged))
+    assert [v.key for v in past_retention(storage, "lab", cutoff(datetime.now(timezone.utc), RETENTION))] == [
+        "exports/aged.csv"]
+    run_purge(storage, datetime.now(timezone.utc))
+    assert list(storage.versions("lab")) == []

@@ -1,0 +1,133 @@
+"""The retention job as the lab runs it: the purge asset, its proving check and audit event, on the local
+environment's real resources; the lifecycle job on (moto) S3; and the freshness policy agreeing with the purge."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+from moto import mock_aws
+
+import aiml_assets.governance.retention_assets as retention_assets
+from aiml_assets.definitions import RETENTION_JOB, build_definitions
+from aiml_assets.features.assets import FEATURES_KEY
+from aiml_assets.governance.retention import PurgeReport, cutoff
+from aiml_assets.governance.lifecycle import LifecycleMismatch, apply_lifecycle, verify_lifecycle
+from aiml_assets.governance.retention_assets import LIFECYCLE_JOB, PURGE_KEY
+from aiml_assets.resources.catalog import LocalCatalog
+from aiml_assets.resources.storage import S3Storage
+from aiml_assets.settings import load_settings
+
+NAME = "aiml_local.lab.customer_features"
+
+
+@pytest.fixture
+def lab_table(aiml_home):
+    """A lab feature table written now, registered under its catalog name."""
+    location = aiml_home / "buckets" / "lab" / "customer_features"
+    write_deltalake(str(location), pa.table({"customer_id": ["c1"], "snapshot_date": ["2026-11-01"]}),
+                    partition_by=["snapshot_date"])
+    LocalCatalog(home=str(aiml_home)).register(NAME, str(location), owner="aiml-engineers")
+    return datetime.now(timezone.utc)
+
+
+def run_retention(instance, as_of: datetime):
+    job = build_definitions("local").resolve_job_def(RETENTION_JOB)
+    config = {"ops": {PURGE_KEY.to_python_identifier(): {"config": {"as_of": as_of.isoformat()}}}}
+    return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False,
+                                  tags={"aiml/requested_by": "svc-aiml-gitlab-lab"})
+
+
+def check_result(result):
+    [evaluation] = result.get_asset_check_evaluations()
+    return evaluation
+
+
+@pytest.mark.parametrize("days_later", [89, 91])
+def test_the_freshness_policy_and_the_purge_agree_on_what_is_past_retention(lab_table, instance, aiml_home, days_later):
+    written = lab_table
+    policy = build_definitions("local").resolve_asset_graph().get(FEATURES_KEY).freshness_policy
+    as_of = written + timedelta(days=days_later)
+    stale = as_of - written > policy.fail_window.to_timedelta()  # how Dagster judges the lab asset's freshness
+
+    result = run_retention(instance, as_of)
+
+    assert result.success and check_result(result).passed
+    assert stale == (days_later > 90)
+    assert LocalCatalog(home=str(aiml_home)).exists(NAME) is not stale  # purged exactly when freshness fails
+    assert (aiml_home / "buckets" / "lab" / "customer_features").exists() is not stale
+
+
+def test_the_purge_is_audited_with_who_when_and_what(lab_table, instance, aiml_home):
+    result = run_retention(instance, lab_table + timedelta(days=91))
+    build_resources = build_definitions("local").resources
+    [event] = [e for e in build_resources["audit"].read() if e["action"] == "purge"]
+    assert (event["actor"], event["environment"], event["run_id"]) == ("svc-aiml-gitlab-lab", "local", result.run_id)
+    assert event["details"]["lab"]["tables_removed"] == ["customer_features"]
+    assert datetime.fromisoformat(event["details"]["cutoff"]) == lab_table + timedelta(days=1)
+
+
+def test_the_proving_check_fails_when_the_purge_leaves_old_data(lab_table, instance, monkeypatch):
+    def no_purge(storage, tables, catalog, *, role, retention_days, now, **_):
+        return PurgeReport(role, cutoff(now, retention_days))
+
+    monkeypatch.setattr(retention_assets, "purge", no_purge)
+    result = run_retention(instance, lab_table + timedelta(days=91))
+    evaluation = check_result(result)
+    assert not evaluation.passed
+    assert "customer_features/_delta_log/00000000000000000000.json" in evaluation.description
+
+
+# --- bucket lifecycle ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-2"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        yield boto3.client("s3", region_name="eu-west-2")
+
+
+@pytest.mark.parametrize("env", ["lab", "uat"])
+def test_the_lifecycle_job_applies_and_verifies_each_perishable_bucket(env, s3, aiml_home):
+    settings = load_settings(env)
+    storage = S3Storage(buckets=settings.storage.buckets)
+    for uri in settings.storage.buckets.values():
+        s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    job = build_definitions(settings=settings).resolve_job_def(LIFECYCLE_JOB)
+
+    assert job.execute_in_process(resources={"storage": storage}).success
+
+    for role, uri in settings.storage.buckets.items():
+        bucket = uri.removeprefix("s3://")
+        if role in settings.storage.perishable:
+            rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+            assert {r["Expiration"].get("Days") for r in rules} - {None} == {settings.storage.retention_days}
+            assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+        else:  # the audit bucket never expires
+            with pytest.raises(s3.exceptions.ClientError, match="NoSuchLifecycleConfiguration"):
+                s3.get_bucket_lifecycle_configuration(Bucket=bucket)
+
+
+def test_a_lifecycle_rule_changed_by_hand_is_caught(s3, aiml_home):
+    settings = load_settings("lab")
+    s3.create_bucket(Bucket="buk-aiml-lab", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    apply_lifecycle(S3Storage(buckets=settings.storage.buckets), settings, log=lambda _: None)
+    document = {"Rules": s3.get_bucket_lifecycle_configuration(Bucket="buk-aiml-lab")["Rules"]}
+    changed = json.loads(json.dumps(document))
+    changed["Rules"][0]["Expiration"]["Days"] = 365
+    s3.put_bucket_lifecycle_configuration(Bucket="buk-aiml-lab", LifecycleConfiguration=changed)
+    with pytest.raises(LifecycleMismatch, match="aiml-lab-expire-after-90-days"):
+        verify_lifecycle(s3, "buk-aiml-lab", document)
+    s3.put_bucket_versioning(Bucket="buk-aiml-lab", VersioningConfiguration={"Status": "Suspended"})
+    with pytest.raises(LifecycleMismatch, match="versioning is not enabled"):
+        verify_lifecycle(s3, "buk-aiml-lab", document)
+
+
+def test_prod_has_no_retention_job_and_no_lifecycle(aiml_home):
+    jobs = {job.name for job in build_definitions("prod").jobs}
+    assert not {RETENTION_JOB, LIFECYCLE_JOB} & jobs
