@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--seed", type=int, default=7)
         cmd.add_argument("--end-date", type=date.fromisoformat, default=date(2026, 10, 31))
     commands.add_parser("prepare-instance", help="create the local Dagster home with its dagster.yaml")
+    digest_cmd = commands.add_parser("digest", help="the SHA-256 digests of customer ids, for a gdpr_erasure run's "
+                                     "config (which Dagster keeps: never put the ids themselves in it)")
+    digest_cmd.add_argument("customer_ids", nargs="+")
     promote_cmd = commands.add_parser("promote", help="promote a gated model version to uat, or from uat to prod, "
                                       "under a change request (writes the release manifest, audited)")
     promote_cmd.add_argument("--product", required=True)
@@ -177,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                              "repository's resources/ from lab; a copy under the AIML home locally)")
     args = parser.parse_args(argv)
 
+    if args.command == "digest":
+        from aiml_assets.governance.erased import digest
+
+        print("\n".join(sorted(digest(customer_id) for customer_id in set(args.customer_ids))))
+        return 0
     if args.command == "prepare-instance":
         print(prepare_instance())
         return 0

@@ -77,9 +77,10 @@ def lab_model_binaries(settings: Settings) -> AssetSpec:
 
 def executor_for(settings: Settings) -> ExecutorDefinition:
     # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step is its
-    # own Databricks run. A locked environment (prod) refuses runs launched by hand before any step.
+    # own Databricks run. Every environment refuses runs that re-point its resources; a locked one (prod) also runs
+    # launched by hand, before any step.
     chosen = in_process_executor if settings.is_local else multiprocess_executor
-    return locked(chosen, settings.lockdown, settings.environment) if settings.lockdown else chosen
+    return locked(chosen, settings.lockdown, settings.environment)
 
 
 def build_definitions(env: str | None = None, settings: Settings | None = None) -> Definitions:

@@ -36,6 +36,7 @@ def test_events_read_back_in_order_with_who_what_when_where(audit):
     assert events[1]["change_request"] is None and events[1]["details"] == {}
     assert last["recorded_at"].utcoffset() == timedelta(0) and last["recorded_at"] >= before - timedelta(seconds=1)
     assert len({e["event_id"] for e in events}) == 3
+    assert [e["subject"] for e in audit.read("promotion_refused")] == ["models:/m/2"]  # one kind of event only
     commits = DeltaTable(audit.location).history()
     assert commits[0]["dagster_run_id"] == "run-3"  # newest first
 

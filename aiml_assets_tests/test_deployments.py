@@ -22,6 +22,8 @@ from dagster_databricks.databricks import DatabricksJobRunner
 from databricks.sdk.service import compute
 from moto import mock_aws
 
+from aiml_assets.governance.lifecycle import BACKSTOP_DAYS
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = ROOT / "deployments"
 DATABRICKS = DEPLOYMENTS / "databricks"
@@ -343,7 +345,9 @@ def test_lifecycle_rules_apply_to_a_versioned_bucket_and_expire_after_retention(
         assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
         rules = [r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"] if r["Status"] == "Enabled"]
         assert all(r["Filter"] == {"Prefix": ""} for r in rules)  # the whole bucket
-        assert {r["Expiration"]["Days"] for r in rules if "Days" in r.get("Expiration", {})} == {retention_days}
+        # the retention purge enforces retention_days; S3's rule is its backstop, BACKSTOP_DAYS later
+        assert {r["Expiration"]["Days"] for r in rules if "Days" in r.get("Expiration", {})} == {
+            retention_days + BACKSTOP_DAYS}
         assert [r["NoncurrentVersionExpiration"]["NoncurrentDays"] for r in rules if "NoncurrentVersionExpiration" in r] == [1]
         assert any(r.get("Expiration", {}).get("ExpiredObjectDeleteMarker") is True for r in rules)
         assert any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation", 0) >= 1 for r in rules)

@@ -2,9 +2,10 @@
 lab data upstream of prod inference or the CDP except the model binaries promoted through Nexus."""
 
 import pytest
-from dagster import AssetKey, Definitions, asset
+from dagster import AssetKey, DagsterEventType, Definitions, asset, define_asset_job, execute_job, reconstructable
 
-from aiml_assets.definitions import build_definitions
+from aiml_assets.definitions import build_definitions, executor_for
+from aiml_assets.governance.lockdown import GUARDED_RESOURCES
 from aiml_assets.governance.egress import EgressRefused, check_lineage, check_location
 from aiml_assets.models.assets import BINARY_KEY
 from aiml_assets.resources.per_environment import build_resources
@@ -29,7 +30,7 @@ def test_remote_tables_write_only_under_their_own_buckets(env, aiml_home):
         with pytest.raises(EgressRefused, match="outside this environment's buckets|not an s3:|'..'"):
             tables.write(None, location, run_id="r")  # refused before any data is touched
         with pytest.raises(EgressRefused):
-            tables.forget_history(location)
+            tables.vacuum(location, retain_hours=0)
 
 
 def test_local_tables_write_only_under_the_aiml_home_buckets(aiml_home, tmp_path):
@@ -38,7 +39,7 @@ def test_local_tables_write_only_under_the_aiml_home_buckets(aiml_home, tmp_path
     for location in [str(tmp_path / "elsewhere"), str(aiml_home / "buckets" / "lab" / ".." / ".." / "x"),
                      "s3://buk-aiml-lab/x", "relative/path"]:
         with pytest.raises(EgressRefused):
-            tables.delete_partitions(location, "snapshot_date", ["2026-11-01"], run_id="r")
+            tables.delete_partitions(location, [{"snapshot_date": "2026-11-01"}], run_id="r")
 
 
 def test_tables_without_roots_write_nowhere(tmp_path):
@@ -88,3 +89,25 @@ def test_the_real_graph_reaches_prod_from_the_lab_only_through_the_nexus_binary(
             check_lineage(graph, allowed=set())
     else:
         assert graph.get(BINARY_KEY).group_name == "model_versions"
+
+
+@asset(required_resource_keys={"tables"})
+def written(context) -> str:
+    return context.resources.tables._writable("/tmp/anywhere")  # refused unless the roots were re-pointed
+
+
+def lab_guarded_job():
+    defs = Definitions(assets=[written], jobs=[define_asset_job("guarded", selection=[written])],
+                       resources={"tables": build_resources(load_settings("lab"))["tables"]},
+                       executor=executor_for(load_settings("local").model_copy(update={"environment": "lab"})))
+    return defs.resolve_job_def("guarded")
+
+
+def test_a_run_config_re_pointing_a_guarded_resource_is_refused_before_any_step(instance, aiml_home):
+    assert {"tables", "storage", "audit", "catalog"} <= GUARDED_RESOURCES
+    override = {"resources": {"tables": {"config": {"write_roots": ["/"]}}}}
+    result = execute_job(reconstructable(lab_guarded_job), instance=instance, run_config=override, raise_on_error=False)
+    assert not result.success
+    assert instance.get_records_for_run(result.run_id, of_type=DagsterEventType.STEP_START).records == []
+    failure = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records[0]
+    assert "overrides the tables resources" in str(failure.event_log_entry.dagster_event.event_specific_data.error)

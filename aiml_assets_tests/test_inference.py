@@ -331,10 +331,11 @@ def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scorin
                     features.filter(F.col("customer_id").isin(erased)).count())
     features_before = platform.catalog.version("aiml_local.lab.customer_features")
     job = build_definitions(settings=platform.settings).resolve_job_def(ERASURE_JOB)
+    digests = [hashlib.sha256(c.encode()).hexdigest() for c in erased]
 
     result = job.execute_in_process(instance=platform.instance, tags={"aiml/requested_by": "privacy-office"},
                                     run_config={"ops": {"erase_customers": {"config": {
-                                        "request_id": "DSR-2026-0042", "customer_ids": erased}}}})
+                                        "request_id": "DSR-2026-0042", "customer_digests": digests}}}})
 
     assert result.success
     for name in ("aiml_local.lab.customer_features", "aiml_local.lab.training_set"):
@@ -345,9 +346,9 @@ def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scorin
                               features_before).count()
     events = {e["action"]: e for e in platform.resources["audit"].read() if e["subject"] == "DSR-2026-0042"}
     assert events["erasure_requested"]["actor"] == "privacy-office"
-    assert events["erasure_requested"]["details"]["customer_digests"] == sorted(
-        hashlib.sha256(c.encode()).hexdigest() for c in erased)
+    assert events["erasure_requested"]["details"]["customer_digests"] == sorted(digests)
     assert not any(c in json.dumps(e, default=str) for e in platform.resources["audit"].read() for c in erased)
+    assert not any(c in json.dumps(platform.instance.get_run_by_id(result.run_id).run_config) for c in erased)
     models = events["erasure"]["details"]["models_trained_on_them"]
     name = registered_name(platform.settings.catalog.aiml_catalog, "credit_card")
     assert models[f"{name} v1"] == models[f"{name} v{platform.challenger}"] == "yes"

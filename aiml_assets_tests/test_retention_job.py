@@ -14,8 +14,9 @@ import aiml_assets.governance.retention_assets as retention_assets
 from aiml_assets.definitions import RETENTION_JOB, build_definitions
 from aiml_assets.features.assets import FEATURES_KEY
 from aiml_assets.governance.retention import PurgeReport, cutoff
-from aiml_assets.governance.lifecycle import LifecycleMismatch, apply_lifecycle, verify_lifecycle
-from aiml_assets.governance.retention_assets import LIFECYCLE_JOB, PURGE_KEY
+from aiml_assets.governance.audit import AuditLog
+from aiml_assets.governance.lifecycle import LifecycleMismatch, lifecycle_document, verify_lifecycle
+from aiml_assets.governance.retention_assets import LIFECYCLE_JOB, PURGE_KEY, ClockRefused
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.storage import S3Storage
 from aiml_assets.settings import load_settings
@@ -62,8 +63,8 @@ def test_the_freshness_policy_and_the_purge_agree_on_what_is_past_retention(lab_
 
 def test_the_purge_is_audited_with_who_when_and_what(lab_table, instance, aiml_home):
     result = run_retention(instance, lab_table + timedelta(days=91))
-    build_resources = build_definitions("local").resources
-    [event] = [e for e in build_resources["audit"].read() if e["action"] == "purge"]
+    resources = build_definitions("local").resources
+    [event] = [e for e in resources["audit"].read() if e["action"] == "purge"]
     assert (event["actor"], event["environment"], event["run_id"]) == ("svc-aiml-gitlab-lab", "local", result.run_id)
     assert event["details"]["lab"]["tables_removed"] == ["customer_features"]
     assert datetime.fromisoformat(event["details"]["cutoff"]) == lab_table + timedelta(days=1)
@@ -71,7 +72,7 @@ def test_the_purge_is_audited_with_who_when_and_what(lab_table, instance, aiml_h
 
 def test_the_proving_check_fails_when_the_purge_leaves_old_data(lab_table, instance, monkeypatch):
     def no_purge(storage, tables, catalog, *, role, retention_days, now, **_):
-        return PurgeReport(role, cutoff(now, retention_days))
+        return PurgeReport(role, cutoff(now, retention_days), timedelta(days=retention_days))
 
     monkeypatch.setattr(retention_assets, "purge", no_purge)
     result = run_retention(instance, lab_table + timedelta(days=91))
@@ -100,32 +101,49 @@ def test_the_lifecycle_job_applies_and_verifies_each_perishable_bucket(env, s3, 
         s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
     job = build_definitions(settings=settings).resolve_job_def(LIFECYCLE_JOB)
 
-    assert job.execute_in_process(resources={"storage": storage}).success
+    assert job.execute_in_process(resources={"storage": storage,
+                                             "audit": AuditLog(location=str(aiml_home / "audit_log"))}).success
 
     for role, uri in settings.storage.buckets.items():
         bucket = uri.removeprefix("s3://")
         if role in settings.storage.perishable:
             rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-            assert {r["Expiration"].get("Days") for r in rules} - {None} == {settings.storage.retention_days}
+            assert {r["Expiration"].get("Days") for r in rules} - {None} == {settings.storage.retention_days + 2}
             assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
         else:  # the audit bucket never expires
             with pytest.raises(s3.exceptions.ClientError, match="NoSuchLifecycleConfiguration"):
                 s3.get_bucket_lifecycle_configuration(Bucket=bucket)
 
 
-def test_a_lifecycle_rule_changed_by_hand_is_caught(s3, aiml_home):
+def test_a_lifecycle_changed_by_hand_is_put_back_and_on_record(s3, aiml_home):
     settings = load_settings("lab")
-    s3.create_bucket(Bucket="buk-aiml-lab", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    apply_lifecycle(S3Storage(buckets=settings.storage.buckets), settings, log=lambda _: None)
-    document = {"Rules": s3.get_bucket_lifecycle_configuration(Bucket="buk-aiml-lab")["Rules"]}
-    changed = json.loads(json.dumps(document))
+    for uri in settings.storage.buckets.values():
+        s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    resources = {"storage": S3Storage(buckets=settings.storage.buckets),
+                 "audit": AuditLog(location=str(aiml_home / "audit_log"))}
+    job = build_definitions(settings=settings).resolve_job_def(LIFECYCLE_JOB)
+    assert job.execute_in_process(resources=resources).success
+    deployed = lifecycle_document(settings)
+    changed = json.loads(json.dumps(deployed))
     changed["Rules"][0]["Expiration"]["Days"] = 365
     s3.put_bucket_lifecycle_configuration(Bucket="buk-aiml-lab", LifecycleConfiguration=changed)
-    with pytest.raises(LifecycleMismatch, match="aiml-lab-expire-after-90-days"):
-        verify_lifecycle(s3, "buk-aiml-lab", document)
     s3.put_bucket_versioning(Bucket="buk-aiml-lab", VersioningConfiguration={"Status": "Suspended"})
-    with pytest.raises(LifecycleMismatch, match="versioning is not enabled"):
-        verify_lifecycle(s3, "buk-aiml-lab", document)
+    with pytest.raises(LifecycleMismatch, match="versioning is not enabled; lifecycle rules .*expire-after-92-days"):
+        verify_lifecycle(s3, "buk-aiml-lab", deployed)
+
+    result = job.execute_in_process(resources=resources)
+
+    assert result.success
+    verify_lifecycle(s3, "buk-aiml-lab", deployed)  # put back as deployments/s3 has it
+    # the first run found a new bucket unconfigured, the second the change by hand
+    first, second = [e for e in resources["audit"].read() if e["action"] == "lifecycle_drift"]
+    assert first["subject"] == second["subject"] == "buk-aiml-lab"
+    assert "expire-after-92-days" in second["details"]["drift"] and "versioning" in second["details"]["drift"]
+
+
+def test_a_purge_as_of_another_time_is_refused_outside_local():
+    with pytest.raises(ClockRefused, match="refused in lab"):
+        retention_assets._as_of(retention_assets.PurgeConfig(as_of="2030-01-01T00:00:00"), load_settings("lab"))
 
 
 def test_prod_has_no_retention_job_and_no_lifecycle(aiml_home):

@@ -62,3 +62,65 @@ def test_registration_sets_the_owner_only_when_it_creates_the_table(unity):
     catalog, spark = unity(existing={"aiml_prod.inference.propensity_scores"})
     catalog.register("aiml_prod.inference.propensity_scores", "s3://x/t", owner="aiml-engineers", comment="c")
     assert not any("OWNER" in s or s.startswith("CREATE") for s in spark.statements)
+
+
+class RecordingDeltaSpark(RecordingSpark):
+    """A stand-in session for the Databricks Delta statements of the retention purge and the erasure."""
+
+    def __init__(self, properties=()):
+        super().__init__()
+        self.properties = [{"key": k, "value": v} for k, v in properties]
+        self.conf = SimpleNamespace(set=lambda k, v: self.statements.append(f"SET {k}={v}"),
+                                    unset=lambda k: self.statements.append(f"UNSET {k}"))
+
+    def sql(self, statement: str):
+        self.statements.append(statement)
+        rows = self.properties if statement.startswith("SHOW TBLPROPERTIES") else []
+        return SimpleNamespace(first=lambda: {"version": 7}, collect=lambda: rows)
+
+
+@pytest.fixture
+def delta_spark(monkeypatch):
+    from pyspark.sql import SparkSession
+
+    def with_session(properties=()):
+        spark = RecordingDeltaSpark(properties)
+        monkeypatch.setattr(SparkSession, "builder", SimpleNamespace(getOrCreate=lambda: spark))
+        return spark
+    return with_session
+
+
+LAB = "s3://buk-aiml-lab/customer_features"
+
+
+def test_the_purge_deletes_expired_partitions_in_one_databricks_commit_tagged_with_the_run(delta_spark):
+    from aiml_assets.resources.tables import SparkDeltaTables
+
+    spark = delta_spark()
+    tables = SparkDeltaTables(write_roots=["s3://buk-aiml-lab"])
+    assert tables.delete_partitions(LAB, [{"snapshot_date": "2024-11-01"}, {"snapshot_date": "2024-12-01"}],
+                                    run_id="run-9") == 7
+    assert spark.statements[0] == "SET spark.databricks.delta.commitInfo.userMetadata=run-9"
+    assert spark.statements[1] == (f"DELETE FROM delta.`{LAB}` WHERE (snapshot_date = '2024-11-01') OR "
+                                   "(snapshot_date = '2024-12-01')")
+    assert spark.statements[2] == "UNSET spark.databricks.delta.commitInfo.userMetadata"
+
+
+def test_vacuum_lifts_the_retention_check_only_for_its_own_statement(delta_spark):
+    from aiml_assets.resources.tables import SparkDeltaTables
+
+    spark = delta_spark()
+    SparkDeltaTables(write_roots=["s3://buk-aiml-lab"]).vacuum(LAB, retain_hours=0)
+    assert spark.statements == ["SET spark.databricks.delta.retentionDurationCheck.enabled=false",
+                                f"VACUUM delta.`{LAB}` RETAIN 0 HOURS",
+                                "UNSET spark.databricks.delta.retentionDurationCheck.enabled"]
+
+
+@pytest.mark.parametrize(("properties", "altered"), [((), True), ((("delta.checkpointInterval", "1"),), False)])
+def test_checkpointing_sets_the_interval_once(delta_spark, properties, altered):
+    from aiml_assets.resources.tables import SparkDeltaTables
+
+    spark = delta_spark(properties)
+    SparkDeltaTables(write_roots=["s3://buk-aiml-lab"]).checkpoint(LAB)
+    alter = f"ALTER TABLE delta.`{LAB}` SET TBLPROPERTIES ('delta.checkpointInterval' = '1')"
+    assert (alter in spark.statements) is altered

@@ -96,12 +96,13 @@ class AuditLog(ConfigurableResource):
                         commit_properties=CommitProperties(custom_metadata={RUN_ID_KEY: run_id or ""}))
         return event
 
-    def read(self) -> list[dict]:
-        """Every event, oldest first, with `details` decoded."""
+    def read(self, action: str | None = None) -> list[dict]:
+        """Every event (or every `action` event), oldest first, with `details` decoded."""
         table = self._table(create=False)
         if table is None:
             return []
-        rows = table.to_pyarrow_table().sort_by("recorded_at").to_pylist()
+        rows = table.to_pyarrow_table(filters=[("action", "=", action)] if action else None).sort_by(
+            "recorded_at").to_pylist()
         return [{**row, "details": json.loads(row["details"] or "{}")} for row in rows]
 
     def verify(self) -> None:

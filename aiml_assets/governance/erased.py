@@ -3,7 +3,7 @@ dropped from whatever a feature or scoring asset reads from then on."""
 
 import hashlib
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 ERASURE_REQUESTED = "erasure_requested"  # audit action
@@ -15,7 +15,12 @@ def digest(customer_id: str) -> str:
 
 
 def erased_digests(audit) -> set[str]:
-    return {d for event in audit.read() if event["action"] == ERASURE_REQUESTED for d in event["details"][DIGESTS]}
+    return {d for event in audit.read(ERASURE_REQUESTED) for d in event["details"][DIGESTS]}
+
+
+def erased(digests: set[str] | list[str]) -> Column:
+    """True for the rows of the customers with these digests."""
+    return F.sha2(F.col("customer_id").cast("string"), 256).isin(sorted(digests))
 
 
 def without_erased(df: DataFrame, erased: set[str]) -> DataFrame:

@@ -6,18 +6,24 @@ id: from that commit on, `without_erased` drops them from the EDP sources every 
 even if the rewrite below stops half way. Then the lab tables' affected partitions are rewritten without them, and
 their history vacuumed and noncurrent object versions destroyed, so no time travel or bucket version brings them
 back. That history is also what the models were pinned to, so the model versions trained on them are listed first.
+
+The job takes the customers as digests too (`aiml digest <id>...`), because Dagster keeps run config for good.
+Each environment has its own audit log, so a request is run in each of lab, UAT and prod (one CI pipeline): the lab
+is rewritten, and every environment's later runs leave the customers out. Rewrite and vacuum race a lab feature
+run that read its sources before the request was recorded; run an erasure while no lab job is running.
 """
 
+import re
 from collections import defaultdict
 
 from dagster import Config, MetadataValue, job, op
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import lab_table
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
-from aiml_assets.governance.audit import actor
-from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, digest
+from aiml_assets.governance.audit_trail import actor_of
+from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, erased
 from aiml_assets.governance.retention import destroy_noncurrent
 from aiml_assets.models.training import registered_name
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
@@ -29,10 +35,19 @@ ERASURE_JOB = "gdpr_erasure"
 
 class ErasureRequest(Config):
     request_id: str = Field(pattern=r"^[A-Z][A-Z0-9]*-[0-9A-Za-z-]+$")  # the privacy team's reference, e.g. DSR-2026-0042
-    customer_ids: list[str] = Field(min_length=1)
+    # SHA-256 of each customer id (`aiml digest`): run config stays in Dagster's run storage, so ids never go in it
+    customer_digests: list[str] = Field(min_length=1)
+
+    @field_validator("customer_digests")
+    @classmethod
+    def _digests(cls, values: list[str]) -> list[str]:
+        bad = [v for v in values if not re.fullmatch(r"[0-9a-f]{64}", v)]
+        if bad:
+            raise ValueError(f"{len(bad)} entries are not SHA-256 hex digests of customer ids (run `aiml digest`)")
+        return sorted(set(values))
 
 
-def models_trained_on(context, settings: Settings, customer_ids: list[str]) -> dict[str, str]:
+def models_trained_on(context, settings: Settings, digests: list[str]) -> dict[str, str]:
     """Each registered model version whose pinned training rows held any of the customers -> "yes", or why that
     can no longer be told."""
     client, catalog = context.resources.mlflow.client(), context.resources.catalog
@@ -44,7 +59,7 @@ def models_trained_on(context, settings: Settings, customer_ids: list[str]) -> d
         for version in client.search_model_versions(f"name = '{name}'"):
             pinned = (version.tags.get("training_table"), version.tags.get("training_table_version"))
             if pinned not in held:
-                held[pinned] = _held_by(catalog, spark, *pinned, customer_ids)
+                held[pinned] = _held_by(catalog, spark, *pinned, digests)
             label = f"{name} v{version.version}"
             if isinstance(held[pinned], str):
                 found[label] = held[pinned]
@@ -53,17 +68,17 @@ def models_trained_on(context, settings: Settings, customer_ids: list[str]) -> d
     return found
 
 
-def _held_by(catalog, spark, table: str, version: str, customer_ids: list[str]) -> set[tuple[str, str]] | str:
+def _held_by(catalog, spark, table: str, version: str, digests: list[str]) -> set[tuple[str, str]] | str:
     """The (product, snapshot) partitions of `table` at Delta `version` holding any of the customers, or why that
     version cannot be read (past retention, or vacuumed by an earlier erasure)."""
     try:
-        rows = catalog.read(spark, table, int(version)).filter(F.col("customer_id").isin(customer_ids))
+        rows = catalog.read(spark, table, int(version)).filter(erased(digests))
         return {(r[0], str(r[1])) for r in rows.select("product_code", "snapshot_date").distinct().collect()}
     except Exception as exc:  # noqa: BLE001 - whatever the engine raises for a vacuumed version, the answer is "unknown"
         return f"unknown: {table} version {version} cannot be read ({type(exc).__name__})"
 
 
-def erase_from_lab(context, settings: Settings, customer_ids: list[str]) -> dict[str, dict[str, int]]:
+def erase_from_lab(context, settings: Settings, digests: list[str]) -> dict[str, dict[str, int]]:
     """Rewrite every lab partition holding the customers; returns table -> partition -> rows removed."""
     removed = defaultdict(dict)
     for key in (FEATURES_KEY, TRAINING_KEY):
@@ -71,14 +86,14 @@ def erase_from_lab(context, settings: Settings, customer_ids: list[str]) -> dict
         if not context.resources.catalog.exists(table.name):
             continue
         rows = table.read(context)
-        hits = rows.filter(F.col("customer_id").isin(customer_ids)).groupBy(table.partition_column).count().collect()
+        hits = rows.filter(erased(digests)).groupBy(table.partition_column).count().collect()
         for partition, count in sorted((str(r[0]), r[1]) for r in hits):
-            kept = rows.filter(F.col(table.partition_column) == partition).filter(~F.col("customer_id").isin(customer_ids))
+            kept = rows.filter(F.col(table.partition_column) == partition).filter(~erased(digests))
             table.write_partition(context, kept, partition)
             removed[table.name][partition] = count
             context.log.info(f"{table.name} {partition}: {count} rows of erased customers removed")
         if hits:
-            context.resources.tables.forget_history(table.location(context))
+            context.resources.tables.vacuum(table.location(context), retain_hours=0)
             destroy_noncurrent(context.resources.storage, table.role, f"{table.key}/")
     return dict(removed)
 
@@ -89,14 +104,13 @@ def erasure_job(settings: Settings):
 
     @op(required_resource_keys=resources | ({"mlflow"} if has_models else set()))
     def erase_customers(context, config: ErasureRequest) -> None:
-        ids, audit = sorted(set(config.customer_ids)), context.resources.audit
-        who = dict(actor=actor(context), environment=settings.environment, run_id=context.run.run_id)
-        audit.record(ERASURE_REQUESTED, config.request_id, **who,
-                     details={DIGESTS: sorted(digest(i) for i in ids), "customers": len(ids)})
-        models = models_trained_on(context, settings, ids) if has_models else {}
-        removed = erase_from_lab(context, settings, ids) if has_lab else {}
+        digests, audit = config.customer_digests, context.resources.audit
+        who = dict(actor=actor_of(context.run.tags), environment=settings.environment, run_id=context.run.run_id)
+        audit.record(ERASURE_REQUESTED, config.request_id, **who, details={DIGESTS: digests, "customers": len(digests)})
+        models = models_trained_on(context, settings, digests) if has_models else {}
+        removed = erase_from_lab(context, settings, digests) if has_lab else {}
         audit.record(ERASURE, config.request_id, **who, details={
-            "customers": len(ids), "rows_removed": removed, "models_trained_on_them": models})
+            "customers": len(digests), "rows_removed": removed, "models_trained_on_them": models})
         context.add_output_metadata({
             "rows_removed": MetadataValue.json(removed),
             "models_trained_on_them": MetadataValue.json(models),

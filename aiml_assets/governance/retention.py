@@ -3,14 +3,18 @@
 Age is write time. An object written more than `storage.retention_days` ago is past retention, just as the lab
 assets' freshness policy (fail window = retention) counts from the materialization that wrote them.
 
-Delta tables are purged through Delta, never from under it:
-- a partition holding a file past retention is deleted in one commit;
-- the files no version reads any more are vacuumed and the log checkpointed, and the log entries before the
-  checkpoint that are past retention are removed, so nothing can be time-travelled back;
-- a table left with nothing is removed whole and its catalog name dropped.
+Delta tables are purged through Delta, never from under it. Each day, for each table:
+- the log is checkpointed;
+- a partition whose every file is past retention is deleted in one commit, and exactly those files destroyed;
+- Delta's own vacuum, at the retention, destroys what no version of the retention period reads;
+- log entries past retention, up to the oldest checkpoint written within it, are destroyed, so versions within the
+  retention can still be time-travelled to (bar its first day) and nothing older can;
+- a table none of whose objects was written within the retention is removed whole, with its catalog name.
 
-Everything else in the bucket that is past retention (leftovers, the noncurrent versions a deletion leaves on a
-versioned bucket, delete markers) is destroyed version by version.
+Every other version past retention in the bucket (noncurrent versions a deletion leaves on a versioned bucket,
+delete markers, leftovers outside any table) is destroyed version by version. The current objects of a live table
+are never deleted from under it: one past retention that the steps above did not remove is left for the proving
+check to name.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ _LOG_VERSION = re.compile(r"^(\d{20})\.")
 class PurgeReport:
     role: str
     cutoff: datetime
+    retention: timedelta
     partitions_deleted: dict[str, list[str]] = field(default_factory=dict)  # table key -> ["column=value", ...]
     tables_removed: list[str] = field(default_factory=list)
     versions_destroyed: int = 0
@@ -53,12 +58,12 @@ def delta_tables(versions: list[ObjectVersion]) -> set[str]:
 def purge(storage: Storage, tables, catalog, *, role: str, retention_days: int, now: datetime, run_id: str,
           name_of: Callable[[str], str | None], log: Callable[[str], None] = print) -> PurgeReport:
     """Remove everything in the `role` bucket written before `now - retention_days`."""
-    report = PurgeReport(role, cutoff(now, retention_days))
+    report = PurgeReport(role, cutoff(now, retention_days), timedelta(days=retention_days))
     surviving = set()
     for key in sorted(delta_tables(list(storage.versions(role)))):
         if _purge_table(storage, tables, catalog, role, key, run_id, name_of(key), report, log):
             surviving.add(key)
-    _sweep(storage, tables, role, surviving, report)
+    _sweep(storage, role, surviving, report)
     log(f"purge of the {role} bucket before {report.cutoff:%Y-%m-%d %H:%M} UTC: {report.versions_destroyed} object "
         f"versions destroyed, {len(report.tables_removed)} tables removed")
     return report
@@ -67,46 +72,58 @@ def purge(storage: Storage, tables, catalog, *, role: str, retention_days: int, 
 def _purge_table(storage, tables, catalog, role, key, run_id, name, report, log) -> bool:
     """Purge one Delta table; returns whether it still exists."""
     location, limit = storage.uri(role, key), report.cutoff
-    objects = [v for v in storage.versions(role, f"{key}/") if v.is_latest and not v.delete_marker]
-    if all(v.last_modified >= limit for v in objects):
-        return True
-    written = {v.key: v.last_modified for v in objects}
-    live = tables.live_files(location)
-    stale = {_partition(f) for f in live if written.get(f"{key}/{f}", limit) < limit}
-    if stale == {_partition(f) for f in live}:  # nothing within retention (or an unpartitioned table past it)
-        for version in storage.versions(role, f"{key}/"):
-            storage.destroy(version, role)
-            report.versions_destroyed += 1
-        if name and catalog.exists(name):
-            catalog.drop(name)
-        report.tables_removed.append(key)
-        log(f"{key}: every partition past retention; table removed" + (f", {name} dropped" if name else ""))
+    objects = {v.key: v for v in storage.versions(role, f"{key}/") if v.is_latest and not v.delete_marker}
+    if all(v.last_modified < limit for v in objects.values()):  # nothing of it written within the retention
+        _remove_table(storage, catalog, role, key, location, name, report, log)
         return False
-    by_column = defaultdict(list)
-    for column, value in sorted(stale):
-        by_column[column].append(value)
-    for column, values in by_column.items():
-        version = tables.delete_partitions(location, column, values, run_id=run_id)
-        report.partitions_deleted[key] = [f"{column}={value}" for value in values]
-        log(f"{key}: partitions {', '.join(values)} past retention deleted (table version {version})")
-    tables.forget_history(location)
+    tables.checkpoint(location)
+    files = defaultdict(list)  # partition -> its live files, as bucket keys
+    for path in tables.live_files(location):
+        files[_partition(path)].append(f"{key}/{path}")
+    stale = {partition: keys for partition, keys in files.items() if partition and all(
+        k in objects and objects[k].last_modified < limit for k in keys)}
+    if stale:
+        version = tables.delete_partitions(location, [dict(p) for p in stale], run_id=run_id)
+        for stored in (k for keys in stale.values() for k in keys):
+            _destroy_all_versions(storage, role, stored, report)
+        report.partitions_deleted[key] = sorted("/".join(f"{k}={v}" for k, v in p) for p in stale)
+        log(f"{key}: {len(stale)} partitions past retention deleted (table version {version})")
+    tables.vacuum(location, retain_hours=int(report.retention.total_seconds() // 3600))
     _prune_log(storage, role, key, report)
     return True
 
 
-def _partition(path: str) -> tuple[str, str] | None:
-    first = path.split("/")[0]
-    return tuple(first.split("=", 1)) if "=" in first else None
+def _remove_table(storage, catalog, role, key, location, name, report, log) -> None:
+    for version in storage.versions(role, f"{key}/"):
+        storage.destroy(version, role)
+        report.versions_destroyed += 1
+    if name and catalog.exists(name) and catalog.location(name).rstrip("/") == location.rstrip("/"):
+        catalog.drop(name)
+    report.tables_removed.append(key)
+    log(f"{key}: nothing written within the retention; table removed" + (f", {name} dropped" if name else ""))
+
+
+def _destroy_all_versions(storage, role, key, report) -> None:
+    for version in storage.versions(role, key):
+        if version.key == key:
+            storage.destroy(version, role)
+            report.versions_destroyed += 1
+
+
+def _partition(path: str) -> tuple[tuple[str, str], ...]:
+    """The Hive-style partition of a data file's path: ((column, value), ...), empty if unpartitioned."""
+    return tuple(tuple(part.split("=", 1)) for part in path.split("/")[:-1] if "=" in part)
 
 
 def _prune_log(storage, role, key, report) -> None:
-    """Remove the log entries the latest checkpoint makes unnecessary, once they are past retention."""
-    entries = [v for v in storage.versions(role, f"{key}/{DELTA_LOG}/") if _LOG_VERSION.match(v.key.rsplit("/", 1)[1])]
-    checkpoints = [_log_version(v) for v in entries if ".checkpoint." in v.key]
-    if not checkpoints:
+    """Destroy the log entries past retention that the oldest checkpoint written within it makes unnecessary."""
+    entries = [v for v in storage.versions(role, f"{key}/{DELTA_LOG}/")
+               if v.is_latest and not v.delete_marker and _LOG_VERSION.match(v.key.rsplit("/", 1)[1])]
+    recent = [_log_version(v) for v in entries if ".checkpoint." in v.key and v.last_modified >= report.cutoff]
+    if not recent:
         return
     for entry in entries:
-        if _log_version(entry) < max(checkpoints) and entry.last_modified < report.cutoff:
+        if entry.last_modified < report.cutoff and _log_version(entry) <= min(recent):
             storage.destroy(entry, role)
             report.versions_destroyed += 1
 
@@ -115,13 +132,12 @@ def _log_version(entry: ObjectVersion) -> int:
     return int(_LOG_VERSION.match(entry.key.rsplit("/", 1)[1]).group(1))
 
 
-def _sweep(storage, tables, role, surviving, report) -> None:
-    """Destroy every version past retention, except what a surviving table's current version still needs."""
-    needed = {f"{key}/{path}" for key in surviving for path in tables.live_files(storage.uri(role, key))}
+def _sweep(storage, role, surviving, report) -> None:
+    """Destroy every version past retention except the current objects of the tables that remain."""
     for version in past_retention(storage, role, report.cutoff):
-        in_log = any(version.key.startswith(f"{key}/{DELTA_LOG}/") for key in surviving)
-        if version.is_latest and not version.delete_marker and (version.key in needed or in_log):
-            continue  # cannot go without breaking the table; the proving check will name it
+        current = version.is_latest and not version.delete_marker
+        if current and any(version.key.startswith(f"{key}/") for key in surviving):
+            continue  # never from under a live table; the proving check names it
         storage.destroy(version, role)
         report.versions_destroyed += 1
     _drop_bare_delete_markers(storage, role, "")

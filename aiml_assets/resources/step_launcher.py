@@ -22,7 +22,7 @@ from aiml_assets.provenance import COMMIT_ENV_VAR, git_commit
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, Settings
 
 # What the remote process needs to import the code location; never the virtualenv, tests or local state.
-BUNDLE_CONTENTS = ("aiml_assets", "resources", "deployments/databricks", "pyproject.toml")
+BUNDLE_CONTENTS = ("aiml_assets", "resources", "deployments/databricks", "deployments/governance", "pyproject.toml")
 
 
 # The Databricks Runtime brings its own Spark; a PyPI pyspark would shadow the cluster's.

@@ -25,6 +25,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from aiml_assets.governance.egress import check_location
 
 RUN_ID_KEY = "dagster_run_id"
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how a null partition value is written in a path
 
 
 class TableWriteError(RuntimeError):
@@ -74,13 +75,17 @@ class DeltaTables(ConfigurableResource, ABC):
         """The data files the current version reads, relative to `location`."""
 
     @abstractmethod
-    def delete_partitions(self, location: str, column: str, values: list[str], *, run_id: str) -> int:
-        """Remove the partitions `column IN values` in one commit; returns the new table version."""
+    def delete_partitions(self, location: str, partitions: list[dict[str, str]], *, run_id: str) -> int:
+        """Remove the given partitions (column -> value each) in one commit; returns the new table version."""
 
     @abstractmethod
-    def forget_history(self, location: str) -> None:
-        """Destroy every file the current version no longer reads, so earlier versions cannot be time-travelled
-        back, and checkpoint the log so that its entries before now can be removed too."""
+    def checkpoint(self, location: str) -> None:
+        """Make sure the log has a checkpoint at its latest version, so the entries before it are not needed."""
+
+    @abstractmethod
+    def vacuum(self, location: str, retain_hours: int) -> None:
+        """Destroy the files no version of the last `retain_hours` reads; 0 leaves only the current version readable
+        (an erasure)."""
 
 
 def _quoted(value: str) -> str:
@@ -88,7 +93,12 @@ def _quoted(value: str) -> str:
 
 
 def _predicate(replace: dict[str, str]) -> str:
-    return " AND ".join(f"{column} = {_quoted(value)}" for column, value in replace.items())
+    return " AND ".join(f"{column} IS NULL" if value == NULL_PARTITION else f"{column} = {_quoted(value)}"
+                        for column, value in replace.items())
+
+
+def _any_of(partitions: list[dict[str, str]]) -> str:
+    return " OR ".join(f"({_predicate(partition)})" for partition in partitions)
 
 
 class DeltaRsTables(DeltaTables):
@@ -183,16 +193,18 @@ class DeltaRsTables(DeltaTables):
     def live_files(self, location) -> list[str]:
         return [unquote(path) for path in DeltaTable(location).get_add_actions(flatten=True).column("path").to_pylist()]
 
-    def delete_partitions(self, location, column, values, *, run_id) -> int:
+    def delete_partitions(self, location, partitions, *, run_id) -> int:
         table = DeltaTable(self._writable(location))
-        table.delete(f"{column} IN ({', '.join(_quoted(v) for v in values)})",
-                     commit_properties=CommitProperties(custom_metadata={RUN_ID_KEY: run_id}))
+        table.delete(_any_of(partitions), commit_properties=CommitProperties(custom_metadata={RUN_ID_KEY: run_id}))
         return table.version()
 
-    def forget_history(self, location) -> None:
-        table = DeltaTable(self._writable(location))
-        table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
-        table.create_checkpoint()
+    def checkpoint(self, location) -> None:
+        DeltaTable(self._writable(location)).create_checkpoint()
+
+    def vacuum(self, location, retain_hours) -> None:
+        # full: also the files removed before the latest checkpoint, and files no commit ever named
+        DeltaTable(self._writable(location)).vacuum(retention_hours=retain_hours, dry_run=False, full=True,
+                                                     enforce_retention_duration=False)
 
 
 class SparkDeltaTables(DeltaTables):
@@ -233,21 +245,27 @@ class SparkDeltaTables(DeltaTables):
         files = SparkSession.builder.getOrCreate().read.format("delta").load(location).inputFiles()
         return [unquote(uri.removeprefix(root)) for uri in files]
 
-    def delete_partitions(self, location, column, values, *, run_id) -> int:
-        self._writable(location)
+    def delete_partitions(self, location, partitions, *, run_id) -> int:
         spark = SparkSession.builder.getOrCreate()
         spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
         try:
-            spark.sql(f"DELETE FROM delta.`{location}` WHERE {column} IN ({', '.join(_quoted(v) for v in values)})")
+            spark.sql(f"DELETE FROM delta.`{self._writable(location)}` WHERE {_any_of(partitions)}")
         finally:
             spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
         return self.version(location)
 
-    def forget_history(self, location) -> None:
-        self._writable(location)
+    def checkpoint(self, location) -> None:
         spark = SparkSession.builder.getOrCreate()
-        # Delta refuses a retention under 7 days unless told: a purge means exactly that nothing is kept
-        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        spark.sql(f"VACUUM delta.`{location}` RETAIN 0 HOURS")
-        # from this commit on, every commit writes a checkpoint, so the log entries before it can go
-        spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ('delta.checkpointInterval' = '1')")
+        properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{self._writable(location)}`").collect()
+        if {row["key"]: row["value"] for row in properties}.get("delta.checkpointInterval") != "1":
+            # Spark has no call to write a checkpoint; with interval 1 every commit, this one first, writes one
+            spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ('delta.checkpointInterval' = '1')")
+
+    def vacuum(self, location, retain_hours) -> None:
+        spark = SparkSession.builder.getOrCreate()
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        spark.conf.set(check, "false")  # Delta refuses under 7 days unless told; an erasure means exactly that
+        try:
+            spark.sql(f"VACUUM delta.`{self._writable(location)}` RETAIN {int(retain_hours)} HOURS")
+        finally:
+            spark.conf.unset(check)
