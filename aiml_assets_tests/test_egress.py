@@ -111,3 +111,36 @@ def test_a_run_config_re_pointing_a_guarded_resource_is_refused_before_any_step(
     assert instance.get_records_for_run(result.run_id, of_type=DagsterEventType.STEP_START).records == []
     failure = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records[0]
     assert "overrides the tables resources" in str(failure.event_log_entry.dagster_event.event_specific_data.error)
+
+
+@pytest.mark.parametrize(("env", "name"), [("prod", "aiml_lab.lab.customer_features"),
+                                           ("prod", "aiml_uat.inference.propensity_scores"),
+                                           ("uat", "aiml_lab.lab.training_set"), ("lab", "aiml_prod.inference.x")])
+def test_an_environment_reads_only_its_own_catalog_and_edp(env, name, aiml_home):
+    catalog = build_resources(load_settings(env))["catalog"]
+    with pytest.raises(EgressRefused, match=f"{name}: this environment may read only"):
+        catalog.read(None, name)  # refused before any session is asked for
+    with pytest.raises(EgressRefused):
+        catalog.version(name)
+
+
+@pytest.mark.parametrize(("env", "name"), [("lab", "edp.cdp.nba_propensity"), ("uat", "edp.cdp.nba_propensity"),
+                                           ("prod", "edp.fdp.customers"), ("prod", "aiml_lab.lab.customer_features"),
+                                           ("local", "edp.fdp.customers")])
+def test_an_environment_writes_only_its_own_catalog_and_where_it_publishes(env, name, aiml_home):
+    catalog = build_resources(load_settings(env))["catalog"]
+    with pytest.raises(EgressRefused, match="may write only"):
+        catalog.register(name, "s3://anywhere/x", owner="aiml-engineers")
+    with pytest.raises(EgressRefused, match="may write only"):
+        catalog.publish(name, "s3://anywhere/x", version_id="0" * 16, owner="o", comment="", properties={},
+                        read_grants=[])
+    with pytest.raises(EgressRefused, match="may write only"):
+        catalog.drop(name)
+
+
+def test_local_reads_and_writes_its_own_names(aiml_home, spark, tmp_path):
+    catalog = build_resources(load_settings("local"))["catalog"]
+    location = str(aiml_home / "buckets" / "lab" / "t")
+    build_resources(load_settings("local"))["tables"].write(spark.range(3), location, run_id="r")
+    catalog.register("aiml_local.lab.t", location, owner="aiml-engineers")
+    assert catalog.read(spark, "aiml_local.lab.t").count() == 3

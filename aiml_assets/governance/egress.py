@@ -4,6 +4,8 @@
   file appears in another's (`check_own_buckets`, when the Definitions are built).
 - Writes: the tables resource refuses to write, delete or vacuum anywhere but under the environment's bucket roots
   (`check_location`), whatever code computed the location.
+- Catalogs: the catalog resource reads only the environment's own catalog and EDP's, and writes only its own
+  catalog and (where it publishes) the CDP's schema: prod cannot read the lab's tables, nor the lab publish.
 - Lineage: no prod inference, parallel run or CDP asset may be fed by lab data; the one way from the lab to prod is
   a model binary promoted through Nexus (`check_lineage`, on the asset graph, when the Definitions are built).
 """
@@ -41,6 +43,19 @@ def check_location(location: str, roots: list[str]) -> str:
             return location
     raise EgressRefused(f"{location}: outside this environment's buckets ({', '.join(roots) or 'none'}); data is "
                         "written only to the environment's own buckets")
+
+
+EDP_CATALOG = "edp"  # the EDP central catalog: its source products (read) and, from prod, the CDP (written)
+
+
+def readable_catalogs(settings) -> list[str]:
+    return [settings.catalog.aiml_catalog, EDP_CATALOG]
+
+
+def writable_catalogs(settings) -> list[str]:
+    publishes = "cdp_publication" in settings.asset_groups
+    return [settings.catalog.aiml_catalog] + (
+        [f"{settings.publication.catalog}.{settings.publication.schema_name}"] if publishes else [])
 
 
 def check_own_buckets(environment: str, buckets: dict[str, str], others: dict[str, dict[str, str]]) -> None:

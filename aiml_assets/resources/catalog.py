@@ -14,6 +14,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pyspark.sql import DataFrame, SparkSession
 
+from aiml_assets.governance.egress import EgressRefused
 from aiml_assets.resources.tables import DeltaRsTables
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
@@ -30,6 +31,17 @@ def check_name(name: str) -> str:
 
 
 class Catalog(ConfigurableResource, ABC):
+    # What this environment may read and write: catalog or catalog.schema prefixes (build_resources sets both; None,
+    # any name, is for code that builds its own catalog, like the local EDP seed and tests)
+    readable: list[str] | None = None
+    writable: list[str] | None = None
+
+    def _may(self, action: str, name: str) -> str:
+        prefixes = self.readable if action == "read" else self.writable
+        if prefixes is not None and not any(check_name(name).startswith(f"{p}.") for p in prefixes):
+            raise EgressRefused(f"{name}: this environment may {action} only {', '.join(f'{p}.*' for p in prefixes)}")
+        return name
+
     @abstractmethod
     def read(self, spark: SparkSession, name: str, version: int | None = None) -> DataFrame:
         """The table `name` as of Delta `version` (time travel), or its current version."""
@@ -86,6 +98,7 @@ class LocalCatalog(Catalog):
         return str(Path(self.home, "catalog", *check_name(name).split(".")))
 
     def register(self, name, location, *, owner, comment="", properties=None) -> None:
+        self._may("write", name)
         row = (check_name(name), location, owner, comment, json.dumps(properties or {}, sort_keys=True),
                datetime.now(timezone.utc).isoformat())
         with closing(self._connect()) as conn, conn:
@@ -112,10 +125,12 @@ class LocalCatalog(Catalog):
         return self.entry(name)["location"]
 
     def drop(self, name) -> None:
+        self._may("write", name)
         with closing(self._connect()) as conn, conn:
             conn.execute("DELETE FROM tables WHERE name = ?", (check_name(name),))
 
     def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
+        self._may("write", name)
         # one INSERT OR REPLACE of the name's row: readers resolve the old version or the new one
         self.register(name, location, owner=owner, comment=comment,
                       properties={**properties, "cdp_version": version_id, "read_grants": sorted(read_grants)})
@@ -128,9 +143,11 @@ class LocalCatalog(Catalog):
             return [row[0] for row in conn.execute("SELECT name FROM tables ORDER BY name")]
 
     def read(self, spark, name, version=None) -> DataFrame:
+        self._may("read", name)
         return DeltaRsTables().read(spark, self.location(name), version)
 
     def version(self, name) -> int:
+        self._may("read", name)
         return DeltaRsTables().version(self.location(name))
 
 
@@ -141,6 +158,7 @@ class UnityCatalog(Catalog):
         return SparkSession.builder.getOrCreate()
 
     def read(self, spark, name, version=None) -> DataFrame:
+        self._may("read", name)
         if version is None:
             return spark.table(check_name(name))
         return spark.sql(f"SELECT * FROM {check_name(name)} VERSION AS OF {int(version)}")
@@ -152,12 +170,15 @@ class UnityCatalog(Catalog):
         return self._spark().catalog.tableExists(check_name(name))
 
     def drop(self, name) -> None:
+        self._may("write", name)
         self._spark().sql(f"DROP TABLE IF EXISTS {check_name(name)}")  # an external table: its files stay
 
     def version(self, name) -> int:
+        self._may("read", name)
         return int(self._spark().sql(f"DESCRIBE HISTORY {check_name(name)} LIMIT 1").first()["version"])
 
     def register(self, name, location, *, owner, comment="", properties=None) -> None:
+        self._may("write", name)
         spark = self._spark()
         check_name(name)
         if not self.exists(name):
@@ -169,6 +190,7 @@ class UnityCatalog(Catalog):
             spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({_properties(properties)})")
 
     def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
+        self._may("write", name)
         # Each version is a table of its own; the name tenants read is a view over one of them. ALTER VIEW ... AS
         # switches it in one statement and keeps the view's owner and grants (CREATE OR REPLACE VIEW would drop
         # them). The view runs with its owner's rights, so the owner reads the version table and tenants only the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import EnvVar, ResourceDefinition
 
 from aiml_assets.governance.audit import AuditLog
+from aiml_assets.governance.egress import readable_catalogs, writable_catalogs
 from aiml_assets.resources.catalog import LocalCatalog, UnityCatalog
 from aiml_assets.resources.nexus import HttpNexus, LocalNexus
 from aiml_assets.resources.release_manifest import release_manifest_for
@@ -34,6 +35,7 @@ def build_resources(settings: Settings) -> dict:
     storage = (LocalStorage(home=home, buckets=settings.storage.buckets) if settings.is_local
                else S3Storage(buckets=settings.storage.buckets))
     roots = [storage.root(role) for role in settings.storage.buckets]
+    catalogs = dict(readable=readable_catalogs(settings), writable=writable_catalogs(settings))
     shared = {"storage": storage, "mlflow": mlflow, "nexus": nexus, "audit": AuditLog.in_bucket(storage),
               "release_manifest": release_manifest_for(settings)}
     if settings.is_local:
@@ -41,13 +43,13 @@ def build_resources(settings: Settings) -> dict:
             STEP_LAUNCHER_KEY: ResourceDefinition.none_resource(description="local: steps run in-process"),
             "spark": SparkResource(local=True, **settings.spark.model_dump()),
             "tables": DeltaRsTables(write_roots=roots),
-            "catalog": LocalCatalog(home=home),
+            "catalog": LocalCatalog(home=home, **catalogs),
             **shared,
         }
     return {
         STEP_LAUNCHER_KEY: databricks_step_launcher(settings),
         "spark": SparkResource(local=False),
         "tables": SparkDeltaTables(write_roots=roots),
-        "catalog": UnityCatalog(),
+        "catalog": UnityCatalog(**catalogs),
         **shared,
     }
