@@ -103,11 +103,11 @@ def record_local_materializations() -> int:
     settings = load_settings()
     audit = build_resources(settings)["audit"]
     prepare_instance()
-    cursor, total = None, 0
+    cursor, total = 0, 0
     with DagsterInstance.get() as instance:
         while True:
             after, recorded = record_materializations(instance, audit, settings.environment, after=cursor)
-            if after == cursor or (cursor is None and after == 0):
+            if after == cursor:
                 return total
             cursor, total = after, total + recorded
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
 from dagster import DagsterInstance
+from moto import mock_aws
 
 from aiml_assets.resources.spark import SparkResource
 from aiml_assets.settings import load_settings
@@ -58,3 +60,13 @@ def local_edp(aiml_home, seeded_edp):
     for name, location in seeded_edp.items():
         catalog.register(name, location, owner="EDP")
     return catalog
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 client on moto's in-process S3 (boto3 only: delta-rs needs the moto server of test_retention)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    with mock_aws():
+        yield boto3.client("s3", region_name="eu-west-2")

@@ -11,7 +11,6 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 from dagster import DagsterInstance, asset, materialize
@@ -20,7 +19,6 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster_databricks.configs import define_databricks_submit_run_config
 from dagster_databricks.databricks import DatabricksJobRunner
 from databricks.sdk.service import compute
-from moto import mock_aws
 
 from aiml_assets.governance.lifecycle import BACKSTOP_DAYS
 
@@ -320,15 +318,6 @@ def test_pin_cluster_policy_resolves_the_id_and_refuses_drift(tmp_path, monkeypa
 
 
 # --- S3 lifecycle ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
-    with mock_aws():
-        yield boto3.client("s3", region_name="eu-west-2")
 
 
 @pytest.mark.parametrize("env", RETENTION_ENVS)

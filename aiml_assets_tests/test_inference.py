@@ -33,6 +33,7 @@ from aiml_assets.publication.contract import verify_published
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import load_settings
+from local_environment import local_environment
 
 SNAPSHOTS = ("2026-08-01", "2026-10-01")
 CUSTOMERS = 4000  # enough positives per product for every model to pass the gate (see test_models)
@@ -72,11 +73,7 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, spark):
     home = tmp_path_factory.mktemp("inference_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIML_HOME", str(home))
-        mp.setenv("AIML_ENV", "local")
-        mp.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("inference_dagster")))
-        load_settings.cache_clear()
+    with local_environment(home, DAGSTER_HOME=str(tmp_path_factory.mktemp("inference_dagster"))):
         settings = load_settings("local")
         seed_edp(LocalCatalog(home=str(home)), customers=CUSTOMERS, seed=7, products=settings.products,
                  log=lambda _: None)
@@ -97,7 +94,6 @@ def platform(tmp_path_factory, spark):
             assert cli.promote("credit_card", challenger, cli.LOCAL_CHANGE_REQUEST, "uat", None)
             assert cli.promote("credit_card", challenger, cli.LOCAL_CHANGE_REQUEST, "prod", None, role="challenger")
             yield Platform(home, instance, settings, resources, challenger)
-        load_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from aiml_assets.models.training import prepare, registered_name
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import load_settings
+from local_environment import local_environment
 
 SNAPSHOTS = ("2026-08-01", "2026-10-01")  # range of the main job: three monthly snapshots
 CUSTOMERS = 4000  # enough positives per product for a stable validation AUC on a 30-day label window
@@ -28,10 +29,7 @@ CUSTOMERS = 4000  # enough positives per product for a stable validation AUC on 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, spark):
     home = tmp_path_factory.mktemp("models_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIML_HOME", str(home))
-        mp.setenv("AIML_ENV", "local")
-        load_settings.cache_clear()
+    with local_environment(home):
         settings = load_settings("local")
         seed_edp(LocalCatalog(home=str(home)), customers=CUSTOMERS, seed=7, products=settings.products,
                  log=lambda _: None)
@@ -42,7 +40,6 @@ def lab(tmp_path_factory, spark):
                 "dagster/asset_partition_range_end": SNAPSHOTS[1]})
             assert features.success
             yield Lab(defs, instance, settings, build_resources(settings))
-        load_settings.cache_clear()
 
 
 class Lab:

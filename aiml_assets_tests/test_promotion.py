@@ -28,6 +28,7 @@ from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.resources.release_manifest import MANIFEST_MARKER, ManifestError, ReleaseManifest
 from aiml_assets.settings import RESOURCES_DIR, ProductRelease, ReleaseEntry, load_settings
 from aiml_assets_tests.test_model_training import synthetic
+from local_environment import local_environment
 
 PRODUCT = "credit_card"
 NAME = registered_name("aiml_local", PRODUCT)
@@ -39,10 +40,7 @@ CR_UAT, CR_PROD = "CHG0000101", "CHG0000202"
 def registry_template(tmp_path_factory):
     """An AIML home holding the three versions above."""
     home = tmp_path_factory.mktemp("promotion_registry")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIML_HOME", str(home))
-        mp.setenv("AIML_ENV", "local")
-        load_settings.cache_clear()
+    with local_environment(home):
         resources = build_resources(load_settings("local"))
         experiment_id = resources["mlflow"].activate()
         _, first = log_and_register(train(synthetic(n=300)), experiment_id=experiment_id, name=NAME,
@@ -55,7 +53,6 @@ def registry_template(tmp_path_factory):
             _gate(MlflowClient(), version, gate)
             if published:
                 _publish(resources["nexus"], MlflowClient(), version, home / "downloads")
-        load_settings.cache_clear()
     return home
 
 

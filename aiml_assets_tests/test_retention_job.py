@@ -4,11 +4,9 @@ environment's real resources; the lifecycle job on (moto) S3; and the freshness 
 import json
 from datetime import datetime, timedelta, timezone
 
-import boto3
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
-from moto import mock_aws
 
 import aiml_assets.governance.retention_assets as retention_assets
 from aiml_assets.definitions import RETENTION_JOB, build_definitions
@@ -82,15 +80,6 @@ def test_the_proving_check_fails_when_the_purge_leaves_old_data(lab_table, insta
 
 
 # --- bucket lifecycle ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-2"}.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield boto3.client("s3", region_name="eu-west-2")
 
 
 @pytest.mark.parametrize("env", ["lab", "uat"])

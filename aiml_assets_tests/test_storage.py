@@ -1,8 +1,6 @@
 """The environment's buckets: local folders and S3 (real S3 semantics through moto) behave alike."""
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from aiml_assets.resources.storage import LocalStorage, S3Storage, StorageError
 
@@ -10,15 +8,10 @@ BUCKETS = {"lab": "s3://buk-aiml-lab", "publication": "s3://buk-aiml-prod/cdp"}
 
 
 @pytest.fixture
-def s3_storage(monkeypatch):
-    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "eu-west-2"}.items():
-        monkeypatch.setenv(var, value)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="eu-west-2")
-        for bucket in ("buk-aiml-lab", "buk-aiml-prod", "buk-aiml-uat"):
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-        yield S3Storage(buckets=BUCKETS), s3
+def s3_storage(s3):
+    for bucket in ("buk-aiml-lab", "buk-aiml-prod", "buk-aiml-uat"):
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    return S3Storage(buckets=BUCKETS), s3
 
 
 @pytest.fixture

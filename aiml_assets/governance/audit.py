@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -55,11 +56,26 @@ class AuditLogError(RuntimeError):
     """The audit log cannot be written or read as an append-only record."""
 
 
+# A run without a user tag is named after what launched it.
+LAUNCHER_TAGS = (("dagster/schedule_name", "schedule"), ("dagster/sensor_name", "sensor"),
+                 ("dagster/backfill", "backfill"))
+
+
 def actor(context=None) -> str:
-    """Who is acting: the run's user tag, else the CI user or AIML_USER, else the OS user."""
-    tags = context.run.tags if context is not None else {}
-    named = [tags.get(key) for key in ACTOR_TAGS] + [os.environ.get(key) for key in ACTOR_ENV_VARS]
-    for name in named:
+    """Who is acting: the run's user (`context`), else who launched it."""
+    return actor_of(context.run.tags if context is not None else {})
+
+
+def actor_of(tags: Mapping[str, str]) -> str:
+    """Who started a run with these tags: its user tag, else its schedule, sensor or backfill; else who records: the
+    CI user or AIML_USER, else the OS user."""
+    for key in ACTOR_TAGS:
+        if (tags.get(key) or "").strip():
+            return tags[key].strip()
+    for key, launcher in LAUNCHER_TAGS:
+        if (tags.get(key) or "").strip():
+            return f"{launcher}:{tags[key].strip()}"
+    for name in (os.environ.get(key) for key in ACTOR_ENV_VARS):
         if name and name.strip():
             return name.strip()
     try:

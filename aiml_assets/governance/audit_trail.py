@@ -12,7 +12,6 @@ Who: the run's user tag (`audit.ACTOR_TAGS`), else what launched it (`schedule:<
 daemon's service account, as for an OSS UI launch, which carries no user tag).
 """
 
-from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from dagster import (
@@ -20,28 +19,13 @@ from dagster import (
     SkipReason, sensor,
 )
 
-from aiml_assets.governance.audit import ACTOR_TAGS, AuditLog, actor
+from aiml_assets.governance.audit import AuditLog, actor_of
 from aiml_assets.governance.lockdown import CHANGE_REQUEST_TAG
 from aiml_assets.settings import Settings
 
 MATERIALIZATION = "materialization"
 SENSOR_NAME = "audit_materializations"
 BATCH = 500
-LAUNCHER_TAGS = (("dagster/schedule_name", "schedule"), ("dagster/sensor_name", "sensor"),
-                 ("dagster/backfill", "backfill"))
-
-
-def actor_of(tags: Mapping[str, str]) -> str:
-    """Who started a run with these tags: its user, else its schedule, sensor or backfill, else who records."""
-    for key in ACTOR_TAGS:
-        if (tags.get(key) or "").strip():
-            return tags[key].strip()
-    for key, launcher in LAUNCHER_TAGS:
-        if (tags.get(key) or "").strip():
-            return f"{launcher}:{tags[key].strip()}"
-    return actor()
-
-
 def materializations_after(instance: DagsterInstance, after: int, limit: int = BATCH) -> list[EventLogRecord]:
     """The first `limit` materializations stored after storage id `after`, of every asset, oldest first."""
     changed = [record.asset_entry.asset_key for record in instance.get_asset_records()
@@ -59,8 +43,7 @@ def record_materializations(instance: DagsterInstance, audit: AuditLog, environm
     records = materializations_after(instance, after, limit)
     if not records:
         return after, 0
-    already = {(event["run_id"], event["details"].get("storage_id")) for event in audit.read()
-               if event["action"] == MATERIALIZATION}
+    already = {(event["run_id"], event["details"].get("storage_id")) for event in audit.read(MATERIALIZATION)}
     runs, recorded = {}, 0
     for record in records:
         run_id = record.run_id or None  # None: reported without a run (the UI's "report materialization")

@@ -23,10 +23,6 @@ def erased(digests: set[str] | list[str]) -> Column:
     return F.sha2(F.col("customer_id").cast("string"), 256).isin(sorted(digests))
 
 
-def without_erased(df: DataFrame, erased: set[str]) -> DataFrame:
+def without_erased(df: DataFrame, digests: set[str]) -> DataFrame:
     """`df` without the rows of customers whose erasure was requested."""
-    if not erased:
-        return df
-    digests = df.sparkSession.createDataFrame([(d,) for d in sorted(erased)], "erased_digest string")
-    return df.join(F.broadcast(digests), F.sha2(F.col("customer_id").cast("string"), 256) == F.col("erased_digest"),
-                   "left_anti")
+    return df.filter(~erased(digests)) if digests else df

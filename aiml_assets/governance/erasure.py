@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import lab_table
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
-from aiml_assets.governance.audit_trail import actor_of
+from aiml_assets.governance.audit import actor
 from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, erased
 from aiml_assets.governance.retention import destroy_noncurrent
 from aiml_assets.models.training import registered_name
@@ -105,7 +105,7 @@ def erasure_job(settings: Settings):
     @op(required_resource_keys=resources | ({"mlflow"} if has_models else set()))
     def erase_customers(context, config: ErasureRequest) -> None:
         digests, audit = config.customer_digests, context.resources.audit
-        who = dict(actor=actor_of(context.run.tags), environment=settings.environment, run_id=context.run.run_id)
+        who = dict(actor=actor(context), environment=settings.environment, run_id=context.run.run_id)
         audit.record(ERASURE_REQUESTED, config.request_id, **who, details={DIGESTS: digests, "customers": len(digests)})
         models = models_trained_on(context, settings, digests) if has_models else {}
         removed = erase_from_lab(context, settings, digests) if has_lab else {}

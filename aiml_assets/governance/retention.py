@@ -72,9 +72,14 @@ def purge(storage: Storage, tables, catalog, *, role: str, retention_days: int, 
 def _purge_table(storage, tables, catalog, role, key, run_id, name, report, log) -> bool:
     """Purge one Delta table; returns whether it still exists."""
     location, limit = storage.uri(role, key), report.cutoff
-    objects = {v.key: v for v in storage.versions(role, f"{key}/") if v.is_latest and not v.delete_marker}
+    versions = list(storage.versions(role, f"{key}/"))
+    objects = {v.key: v for v in versions if v.is_latest and not v.delete_marker}
     if all(v.last_modified < limit for v in objects.values()):  # nothing of it written within the retention
-        _remove_table(storage, catalog, role, key, location, name, report, log)
+        _destroy(storage, role, versions, report)
+        if name and catalog.exists(name) and catalog.location(name).rstrip("/") == location.rstrip("/"):
+            catalog.drop(name)
+        report.tables_removed.append(key)
+        log(f"{key}: nothing written within the retention; table removed" + (f", {name} dropped" if name else ""))
         return False
     tables.checkpoint(location)
     files = defaultdict(list)  # partition -> its live files, as bucket keys
@@ -84,8 +89,8 @@ def _purge_table(storage, tables, catalog, role, key, run_id, name, report, log)
         k in objects and objects[k].last_modified < limit for k in keys)}
     if stale:
         version = tables.delete_partitions(location, [dict(p) for p in stale], run_id=run_id)
-        for stored in (k for keys in stale.values() for k in keys):
-            _destroy_all_versions(storage, role, stored, report)
+        removed = {k for keys in stale.values() for k in keys}
+        _destroy(storage, role, [v for v in versions if v.key in removed], report)
         report.partitions_deleted[key] = sorted("/".join(f"{k}={v}" for k, v in p) for p in stale)
         log(f"{key}: {len(stale)} partitions past retention deleted (table version {version})")
     tables.vacuum(location, retain_hours=int(report.retention.total_seconds() // 3600))
@@ -93,21 +98,10 @@ def _purge_table(storage, tables, catalog, role, key, run_id, name, report, log)
     return True
 
 
-def _remove_table(storage, catalog, role, key, location, name, report, log) -> None:
-    for version in storage.versions(role, f"{key}/"):
+def _destroy(storage, role, versions, report) -> None:
+    for version in versions:
         storage.destroy(version, role)
-        report.versions_destroyed += 1
-    if name and catalog.exists(name) and catalog.location(name).rstrip("/") == location.rstrip("/"):
-        catalog.drop(name)
-    report.tables_removed.append(key)
-    log(f"{key}: nothing written within the retention; table removed" + (f", {name} dropped" if name else ""))
-
-
-def _destroy_all_versions(storage, role, key, report) -> None:
-    for version in storage.versions(role, key):
-        if version.key == key:
-            storage.destroy(version, role)
-            report.versions_destroyed += 1
+    report.versions_destroyed += len(versions)
 
 
 def _partition(path: str) -> tuple[tuple[str, str], ...]:
@@ -120,12 +114,9 @@ def _prune_log(storage, role, key, report) -> None:
     entries = [v for v in storage.versions(role, f"{key}/{DELTA_LOG}/")
                if v.is_latest and not v.delete_marker and _LOG_VERSION.match(v.key.rsplit("/", 1)[1])]
     recent = [_log_version(v) for v in entries if ".checkpoint." in v.key and v.last_modified >= report.cutoff]
-    if not recent:
-        return
-    for entry in entries:
-        if entry.last_modified < report.cutoff and _log_version(entry) <= min(recent):
-            storage.destroy(entry, role)
-            report.versions_destroyed += 1
+    if recent:
+        _destroy(storage, role, [entry for entry in entries
+                                 if entry.last_modified < report.cutoff and _log_version(entry) <= min(recent)], report)
 
 
 def _log_version(entry: ObjectVersion) -> int:
@@ -133,25 +124,19 @@ def _log_version(entry: ObjectVersion) -> int:
 
 
 def _sweep(storage, role, surviving, report) -> None:
-    """Destroy every version past retention except the current objects of the tables that remain."""
-    for version in past_retention(storage, role, report.cutoff):
+    """Destroy every version past retention except the current objects of the tables that remain, then the delete
+    markers left over no version (they hide nothing; S3's lifecycle would remove them a day later)."""
+    doomed, kept = [], defaultdict(list)
+    for version in storage.versions(role):
         current = version.is_latest and not version.delete_marker
-        if current and any(version.key.startswith(f"{key}/") for key in surviving):
-            continue  # never from under a live table; the proving check names it
-        storage.destroy(version, role)
-        report.versions_destroyed += 1
-    _drop_bare_delete_markers(storage, role, "")
-
-
-def _drop_bare_delete_markers(storage: Storage, role: str, prefix: str) -> None:
-    """A delete marker over no version hides nothing; S3's lifecycle would remove it a day later."""
-    by_key = defaultdict(list)
-    for version in storage.versions(role, prefix):
-        by_key[version.key].append(version)
-    for versions in by_key.values():
-        if all(v.delete_marker for v in versions):
-            for marker in versions:
-                storage.destroy(marker, role)
+        # never a current object from under a live table; the proving check names it
+        if version.last_modified < report.cutoff and not (
+                current and any(version.key.startswith(f"{key}/") for key in surviving)):
+            doomed.append(version)
+        else:
+            kept[version.key].append(version)
+    doomed += [v for versions in kept.values() if all(m.delete_marker for m in versions) for v in versions]
+    _destroy(storage, role, doomed, report)
 
 
 def destroy_noncurrent(storage: Storage, role: str, prefix: str) -> int:

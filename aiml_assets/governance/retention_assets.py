@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from aiml_assets.asset_tables import SCHEMA_OF_ROLE, table_name
-from aiml_assets.governance.audit_trail import actor_of
+from aiml_assets.governance.audit import actor
 from aiml_assets.governance.lifecycle import LIFECYCLE_DRIFT, apply_lifecycle
 from aiml_assets.governance.retention import cutoff, past_retention, purge
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
@@ -69,7 +69,7 @@ def retention_assets(settings: Settings) -> list:
         ]
         details = {report.role: {"partitions_deleted": report.partitions_deleted, "tables_removed": report.tables_removed,
                                  "versions_destroyed": report.versions_destroyed} for report in reports}
-        resources.audit.record(PURGE, ", ".join(settings.storage.perishable), actor=actor_of(context.run.tags),
+        resources.audit.record(PURGE, ", ".join(settings.storage.perishable), actor=actor(context),
                                environment=settings.environment, run_id=context.run.run_id,
                                details={"cutoff": cutoff(now, retention).isoformat(), **details})
         return MaterializeResult(metadata={
@@ -110,7 +110,7 @@ def lifecycle_job(settings: Settings):
         for bucket, drift in found.items():
             if drift != "as deployed":  # changed outside deployments/s3: put back, and on record
                 context.log.warning(f"{bucket}: {drift}; restored")
-                context.resources.audit.record(LIFECYCLE_DRIFT, bucket, actor=actor_of(context.run.tags),
+                context.resources.audit.record(LIFECYCLE_DRIFT, bucket, actor=actor(context),
                                                environment=settings.environment, run_id=context.run.run_id,
                                                details={"drift": drift})
         context.add_output_metadata({"found_before_applying": MetadataValue.json(found)})
