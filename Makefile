@@ -20,7 +20,10 @@ local: install
 test: install
 	$(BIN)/pytest
 
-# The Dagster UI on http://127.0.0.1:3000 for the local environment.
+# The Dagster UI on http://127.0.0.1:3000 for the local environment. `dg dev` finds the code location through
+# pyproject.toml's [tool.dg] and runs it with this .venv (VIRTUAL_ENV: it is the project's venv, so dg does not warn
+# of a mismatch). --no-check-yaml: the project has no component YAML; the check would only scan the installed
+# libraries' components (and print a PreviewWarning of dagster-spark's). `dg check defs` still checks it.
 ui: install
 	$(BIN)/aiml prepare-instance
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg dev --no-check-yaml -h 127.0.0.1 -p 3000

@@ -7,8 +7,9 @@ import argparse
 import os
 import shutil
 import sys
-from datetime import date, timedelta
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, aiml_home, current_env, load_settings
 
@@ -33,63 +34,9 @@ def seed(customers: int, seed_value: int, end_date: date) -> dict[str, int]:
     return seed_edp(catalog, customers=customers, seed=seed_value, end_date=end_date, products=settings.products)
 
 
-def main_job_tags() -> dict[str, str]:
-    """The latest `main_job_snapshots` snapshots, as one partition-range run (the assets' backfill policy)."""
-    from aiml_assets.definitions import main_job_for_current_env
-
-    settings = load_settings()
-    partitions = main_job_for_current_env().partitions_def
-    if partitions is None or settings.features is None:
-        return {}
-    keys = partitions.get_partition_keys()[-settings.features.main_job_snapshots:]
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-
-
 # The change request id of local promotions: local versions only ever reach the manifests' copies under the AIML
 # home, and no real ServiceNow change has this number.
 LOCAL_CHANGE_REQUEST = "CHG0000000"
-
-
-def _outcome(run) -> str:
-    return "succeeded" if run.success else "FAILED"
-
-
-def run_main_job(scoring_day: date) -> bool:
-    """The whole graph, in the order the HLD draws it: the main job for the latest snapshots; one models run per
-    product (a product whose model fails its gate does not stop the others); each gated challenger promoted through
-    UAT to prod under the local change request; then the daily scoring job for `scoring_day`, which publishes the
-    CDP."""
-    from dagster import DagsterInstance, execute_job, reconstructable
-
-    from aiml_assets.definitions import (
-        MODELS_JOB, SCORING_JOB, main_job_for_current_env, models_job_for_current_env, scoring_job_for_current_env,
-    )
-    from aiml_assets.models.assets import GROUP as MODEL_GROUP
-
-    prepare_instance()
-    tags = main_job_tags()
-    settings = load_settings()
-    with DagsterInstance.get() as instance:
-        result = execute_job(reconstructable(main_job_for_current_env), instance=instance, tags=tags)
-        scope = f" for snapshots {tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}" if tags else ""
-        print(f"main job run {result.run_id}{scope}: {_outcome(result)}")
-        if not result.success or MODEL_GROUP not in settings.asset_groups:
-            return result.success
-        trained = {}
-        for product in settings.products:
-            run = execute_job(reconstructable(models_job_for_current_env), instance=instance,
-                              tags={"dagster/partition": product})
-            trained[product] = run.success
-            print(f"{MODELS_JOB} run {run.run_id} for {product}: {_outcome(run)}")
-    if not all(trained.values()) or "prod_inference" not in settings.asset_groups:
-        return all(trained.values())
-    if not promote_challengers(settings):
-        return False
-    with DagsterInstance.get() as instance:
-        run = execute_job(reconstructable(scoring_job_for_current_env), instance=instance,
-                          tags={"dagster/partition": scoring_day.isoformat()})
-        print(f"{SCORING_JOB} run {run.run_id} for {scoring_day}: {_outcome(run)}")
-        return run.success
 
 
 def record_local_materializations() -> int:
@@ -112,24 +59,10 @@ def record_local_materializations() -> int:
             cursor, total = after, total + recorded
 
 
-def promote_challengers(settings) -> bool:
-    """Each product's challenger, to UAT and on to prod's champion, under the local change request."""
-    from aiml_assets.models.registry import CHALLENGER, alias_version
-    from aiml_assets.models.training import registered_name
-    from aiml_assets.resources.per_environment import build_resources
-
-    client = build_resources(settings)["mlflow"].client()
-    for product in settings.products:
-        version = alias_version(client, registered_name(settings.catalog.aiml_catalog, product), CHALLENGER)
-        for target in ("uat", "prod"):
-            if not promote(product, version, LOCAL_CHANGE_REQUEST, target, None):
-                return False
-    return True
-
-
-def promote(product: str, version: int, change_request: str, target: str, resources_dir: Path | None,
-            role: str = "champion") -> bool:
-    """Run the promote_model job on the local Dagster instance and print its outcome."""
+def promote_reason(product: str, version: int, change_request: str, target: str, resources_dir: Path | None,
+                   role: str = "champion") -> str | None:
+    """Run the promote_model job on the local Dagster instance and print its outcome: None on success, else why
+    it failed."""
     from dagster import DagsterInstance
 
     from aiml_assets.governance.audit import actor
@@ -142,14 +75,20 @@ def promote(product: str, version: int, change_request: str, target: str, resour
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(run_config=promotion_run_config(product, version, change_request, target, role),
                                         instance=instance, tags=tags, raise_on_error=False)
-    if result.success:
-        entry = result.output_for_node("promote")
-        print(f"{job.name} run {result.run_id}: {entry['name']} version {entry['version']} promoted to {target}"
-              f"{' as challenger (canary)' if target == 'prod' and role == 'challenger' else ''} "
-              f"(sha256 {entry['sha256']}, change request {entry['change_request']})")
-    else:
-        print(f"{job.name} run {result.run_id} FAILED: {failure_reason(result)}", file=sys.stderr)
-    return result.success
+    if not result.success:
+        reason = failure_reason(result)
+        print(f"{job.name} run {result.run_id} FAILED: {reason}", file=sys.stderr)
+        return reason
+    entry = result.output_for_node("promote")
+    print(f"{job.name} run {result.run_id}: {entry['name']} version {entry['version']} promoted to {target}"
+          f"{' as challenger (canary)' if target == 'prod' and role == 'challenger' else ''} "
+          f"(sha256 {entry['sha256']}, change request {entry['change_request']})")
+    return None
+
+
+def promote(product: str, version: int, change_request: str, target: str, resources_dir: Path | None,
+            role: str = "champion") -> bool:
+    return promote_reason(product, version, change_request, target, resources_dir, role) is None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     seed_cmd = commands.add_parser("seed-edp", help="write the synthetic EDP source products into the local catalog")
     run_cmd = commands.add_parser("run-local", help="seed the local EDP, then materialize the whole graph: features, "
-                                  "models, local promotion, scores for the day after --end-date, the CDP")
+                                  "models, local promotion of the gated ones, scores for the day after the data "
+                                  "ends, the CDP")
     for cmd in (seed_cmd, run_cmd):
         cmd.add_argument("--customers", type=int, default=10_000)
         cmd.add_argument("--seed", type=int, default=7)
-        cmd.add_argument("--end-date", type=date.fromisoformat, default=date(2026, 10, 31))
+        cmd.add_argument("--end-date", type=date.fromisoformat, default=date(2026, 10, 31),
+                         help="the last day of the seeded EDP data (what run-local picks follows it)")
+    run_cmd.add_argument("--today", type=date.fromisoformat, default=None,
+                         help="run as if today were this date (default: today, UK time): it only bounds the "
+                         "partitions that exist; the snapshots and scoring day follow the data")
     commands.add_parser("prepare-instance", help="create the local Dagster home with its dagster.yaml")
     digest_cmd = commands.add_parser("digest", help="the SHA-256 digests of customer ids, for a gdpr_erasure run's "
                                      "config (which Dagster keeps: never put the ids themselves in it)")
@@ -197,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {rows} rows")
     if args.command == "seed-edp":
         return 0
-    succeeded = run_main_job(scoring_day=args.end_date + timedelta(days=1))
+    from aiml_assets.local_run import run_local
+
+    not_published = run_local(args.today or datetime.now(ZoneInfo("Europe/London")).date())
     print(f"audit log: {record_local_materializations()} materializations recorded")
-    return 0 if succeeded else 1
+    if not_published:
+        print(f"run-local: {not_published}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

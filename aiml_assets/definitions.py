@@ -40,7 +40,9 @@ from aiml_assets.models.assets import model_assets
 from aiml_assets.models.promotion import promotion_job
 from aiml_assets.publication.cdp import cdp_assets
 from aiml_assets.resources.per_environment import build_resources
-from aiml_assets.settings import ENVIRONMENTS, RESOURCES_DIR, Settings, load_settings, parse_settings
+from aiml_assets.settings import (
+    ENVIRONMENTS, RESOURCES_DIR, Settings, aiml_home, current_env, load_settings, parse_settings,
+)
 from aiml_assets.sources.edp import EDP_CHECKS, EDP_GROUP, edp_source_products
 
 MAIN_JOB = "main"
@@ -143,16 +145,26 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
 
 
 defs = build_definitions()
+_built = {(current_env(), aiml_home()): defs}
+
+
+def definitions_for_current_env() -> Definitions:
+    """The Definitions of the environment as it is now (AIML_ENV, AIML_HOME): `defs`, unless either changed since
+    this module was imported (a test's own AIML home); built once per environment and home."""
+    key = (current_env(), aiml_home())
+    if key not in _built:
+        _built[key] = build_definitions()
+    return _built[key]
 
 
 def main_job_for_current_env() -> JobDefinition:
     """Module-level, so that `reconstructable` can rebuild the job in another process."""
-    return defs.resolve_job_def(MAIN_JOB)
+    return definitions_for_current_env().resolve_job_def(MAIN_JOB)
 
 
 def models_job_for_current_env() -> JobDefinition:
-    return defs.resolve_job_def(MODELS_JOB)
+    return definitions_for_current_env().resolve_job_def(MODELS_JOB)
 
 
 def scoring_job_for_current_env() -> JobDefinition:
-    return defs.resolve_job_def(SCORING_JOB)
+    return definitions_for_current_env().resolve_job_def(SCORING_JOB)

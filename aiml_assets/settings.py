@@ -6,18 +6,21 @@ The env files are the only place the four environments differ; everything else r
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from datetime import date
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENVIRONMENTS = ("local", "lab", "uat", "prod")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESOURCES_DIR = PROJECT_ROOT / "resources"
 DEPLOYMENTS_DIR = PROJECT_ROOT / "deployments"
+LOCAL_SPARK_OVERRIDES = RESOURCES_DIR / "local.override.yaml"  # untracked: this machine's local Spark settings
+SPARK_ENV_PREFIX = "AIML_SPARK_"
 
 
 class SettingsError(ValueError):
@@ -28,10 +31,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_MASTER = re.compile(r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?|spark://[\w.-]+:[0-9]+(,[\w.-]+:[0-9]+)*")
+_JVM_SIZE = re.compile(r"[1-9][0-9]*[kmgt]", re.IGNORECASE)
+
+
 class LocalSparkSettings(_Strict):
+    """Local compute: in-process Spark by default, or a standalone Spark cluster's master (`spark://host:port`).
+
+    In the local environment each field can be overridden without touching the tracked env file: by the `spark:`
+    mapping of the untracked LOCAL_SPARK_OVERRIDES file, then by `AIML_SPARK_<FIELD>` variables (which win)."""
+
     master: str = "local[*]"
     shuffle_partitions: int = Field(4, ge=1)
     driver_memory: str = "4g"
+    executor_memory: str | None = None  # a cluster's executors (spark.executor.memory); None: Spark's 1g
+    executor_cores: int | None = Field(None, ge=1)  # None: each executor takes all of its worker's cores
+    python: str | None = None  # the executors' Python (spark.pyspark.python); None: the driver's interpreter
+    ui: bool = False  # the driver's web UI on port 4040 (spark.ui.enabled)
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, master: str) -> str:
+        if not _MASTER.fullmatch(master):
+            raise ValueError("expected local, local[N], local[*] or a standalone master spark://host:port")
+        return master
+
+    @field_validator("driver_memory", "executor_memory")
+    @classmethod
+    def _jvm_size(cls, size: str | None) -> str | None:
+        if size is not None and not _JVM_SIZE.fullmatch(size):
+            raise ValueError("expected a JVM memory size: a whole number and a unit k, m, g or t, e.g. 512m or 4g")
+        return size
+
+    @field_validator("python")
+    @classmethod
+    def _absolute(cls, python: str | None) -> str | None:
+        if python is not None and not python.startswith("/"):
+            raise ValueError("expected the absolute path of the Python executors run (a name is looked up on "
+                             "their PATH, which is not this environment's)")
+        return python
 
 
 class DatabricksSecret(_Strict):
@@ -304,12 +342,7 @@ def _describe(error: dict) -> str:
 def parse_settings(path: Path, expected_env: str | None = None) -> Settings:
     if not path.is_file():
         raise SettingsError(f"{path}: environment file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings at the top level")
+    raw = _read_yaml(path)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -320,9 +353,52 @@ def parse_settings(path: Path, expected_env: str | None = None) -> Settings:
     return settings
 
 
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings at the top level")
+    return raw
+
+
+def with_spark_overrides(settings: Settings, overrides: Path) -> Settings:
+    """`settings` with its Spark settings overridden by the `spark:` mapping of `overrides` (if the file exists),
+    then by non-empty AIML_SPARK_<FIELD> variables; a bad value fails naming the file and field, or the variable."""
+    layers = []
+    if overrides.is_file():
+        raw = _read_yaml(overrides)
+        if set(raw) != {"spark"} or not isinstance(raw["spark"], dict):
+            raise SettingsError(f"{overrides}: expected only a `spark:` mapping of local Spark settings, got "
+                                f"{sorted(raw)}")
+        layers.append((raw["spark"], f"{overrides}: ", lambda field: f"spark.{field}"))
+    variables = {name.removeprefix(SPARK_ENV_PREFIX).lower(): value for name, value in os.environ.items()
+                 if name.startswith(SPARK_ENV_PREFIX) and value.strip()}
+    layers.append((variables, "", lambda field: f"{SPARK_ENV_PREFIX}{field.upper()}"))
+    merged, spark = settings.spark.model_dump(), settings.spark
+    for values, where, name in layers:
+        merged.update(values)
+        try:
+            spark = LocalSparkSettings.model_validate(merged)
+        except ValidationError as exc:
+            lines = "\n".join(f"  {where}{_describe_override(e, name)}" for e in exc.errors())
+            raise SettingsError(f"invalid local Spark settings\n{lines}") from exc
+    return settings.model_copy(update={"spark": spark})
+
+
+def _describe_override(error: dict, name) -> str:
+    field = str(error["loc"][0])
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(map(name, LocalSparkSettings.model_fields))
+        return f"{name(field)}: not a Spark setting; expected one of {known}"
+    return f"{name(field)}: {error['msg']} (got {error.get('input')!r})"
+
+
 @lru_cache(maxsize=None)
 def load_settings(env: str | None = None) -> Settings:
     env = env or current_env()
     if env not in ENVIRONMENTS:
         raise SettingsError(f"{env!r} is not an environment; expected one of {', '.join(ENVIRONMENTS)}")
-    return parse_settings(RESOURCES_DIR / f"{env}.yaml", expected_env=env)
+    settings = parse_settings(RESOURCES_DIR / f"{env}.yaml", expected_env=env)
+    return with_spark_overrides(settings, LOCAL_SPARK_OVERRIDES) if env == "local" else settings

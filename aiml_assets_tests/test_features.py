@@ -4,7 +4,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from deltalake import DeltaTable
 
 from aiml_assets.definitions import build_definitions
@@ -124,6 +124,19 @@ def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_e
         assert result.success
         features = local_edp.read(spark, "aiml_local.lab.customer_features")
         assert {str(r[0]) for r in features.select("snapshot_date").distinct().collect()} == {"2026-08-01", "2026-09-01"}
+        # a range run's metadata is each partition's own, not the range's total
+        counts = {str(r[0]): r[1] for r in features.groupBy("snapshot_date").count().collect()}
+        assert counts["2026-08-01"] != counts["2026-09-01"]  # the seeded bank grows month by month
+        for key in ("2026-08-01", "2026-09-01"):
+            events = instance.fetch_materializations(records_filter=AssetRecordsFilter(
+                asset_key=FEATURES_KEY, asset_partitions=[key]), limit=1).records
+            meta = events[0].asset_materialization.metadata
+            assert meta["dagster/row_count"].value == counts[key]
+            assert str(date.fromisoformat(key) - timedelta(days=3)) < meta["max_event_time_used"].value < key
+            training = instance.fetch_materializations(records_filter=AssetRecordsFilter(
+                asset_key=TRAINING_KEY, asset_partitions=[key]), limit=1).records[0].asset_materialization.metadata
+            rows = local_edp.read(spark, "aiml_local.lab.training_set").filter(f"snapshot_date = '{key}'").count()
+            assert training["dagster/row_count"].value == sum(training["rows_per_product"].value.values()) == rows
         location = local_edp.location("aiml_local.lab.customer_features")
         before = _files(location)
 
@@ -154,5 +167,7 @@ def test_label_window_must_be_complete(local_edp):
         result = defs.resolve_job_def("main").execute_in_process(
             instance=instance, tags={"dagster/partition": "2026-11-01"}, raise_on_error=False)
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failures and "label window ends 2026-12-01, after the EDP data horizon 2026-11-01" in \
-        failures[0].step_failure_data.error.to_string()
+    message = failures[0].step_failure_data.error.to_string() if failures else ""
+    assert "lab/training_set: the EDP data ends 2026-10-31; 2026-11-01: the 30-day label window ends 2026-12-01" \
+        in message
+    assert "aiml_local.lab.training_set" not in {n for n in local_edp.names()}  # refused before anything is written

@@ -3,11 +3,12 @@
 One module-scoped platform: a seeded EDP, the lab features, a model per product promoted through UAT to prod's
 champion under the local change request, and a second credit_card version promoted to prod as its challenger (the
 canary's model). Tests then run the daily scoring job for their own days, on or before the day after the EDP
-horizon: later days are stale (recency features shift) and the drift check rightly blocks them. Tests that break
+data ends (2026-11-01): later days would be scored on stale data, and scoring_features refuses them. Tests that break
 things run last.
 """
 
 import hashlib
+from datetime import date
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from local_environment import local_environment
 
 SNAPSHOTS = ("2026-08-01", "2026-10-01")
 CUSTOMERS = 4000  # enough positives per product for every model to pass the gate (see test_models)
-DAY = "2026-11-01"  # the day after the seeded EDP's horizon
+END_DATE = date(2026, 11, 1)  # the seeded EDP's last day of data
+DAY = "2026-11-01"  # published first; 2026-11-02, the day after the data ends, is the latest that may be scored
 
 
 @dataclass
@@ -75,8 +77,8 @@ def platform(tmp_path_factory, spark):
     home = tmp_path_factory.mktemp("inference_home")
     with local_environment(home, DAGSTER_HOME=str(tmp_path_factory.mktemp("inference_dagster"))):
         settings = load_settings("local")
-        seed_edp(LocalCatalog(home=str(home)), customers=CUSTOMERS, seed=7, products=settings.products,
-                 log=lambda _: None)
+        seed_edp(LocalCatalog(home=str(home)), customers=CUSTOMERS, seed=7, end_date=END_DATE,
+                 products=settings.products, log=lambda _: None)
         defs = build_definitions("local")
         with DagsterInstance.get() as instance:
             assert defs.resolve_job_def(MAIN_JOB).execute_in_process(instance=instance, tags={
@@ -85,11 +87,15 @@ def platform(tmp_path_factory, spark):
             models = defs.resolve_job_def(MODELS_JOB)
             for product in settings.products:
                 assert models.execute_in_process(instance=instance, partition_key=product).success, product
-            assert cli.promote_challengers(settings)
-            assert models.execute_in_process(instance=instance, partition_key="credit_card").success
             resources = build_resources(settings)
+            client = resources["mlflow"].client()
+            for product in settings.products:
+                version = alias_version(client, registered_name(settings.catalog.aiml_catalog, product), CHALLENGER)
+                for target in ("uat", "prod"):
+                    assert cli.promote(product, version, cli.LOCAL_CHANGE_REQUEST, target, None), (product, target)
+            assert models.execute_in_process(instance=instance, partition_key="credit_card").success
             name = registered_name(settings.catalog.aiml_catalog, "credit_card")
-            challenger = alias_version(resources["mlflow"].client(), name, CHALLENGER)
+            challenger = alias_version(client, name, CHALLENGER)
             assert challenger == 2
             assert cli.promote("credit_card", challenger, cli.LOCAL_CHANGE_REQUEST, "uat", None)
             assert cli.promote("credit_card", challenger, cli.LOCAL_CHANGE_REQUEST, "prod", None, role="challenger")
@@ -164,7 +170,7 @@ def test_drift_check_compares_scoring_features_with_the_deployed_training_data(p
 
 
 def test_drift_above_the_fail_threshold_blocks_scoring(platform, first_day):
-    day = "2026-11-06"
+    day = "2026-10-24"
     strict = platform.settings.inference.drift.model_copy(update={"warn_psi": 1e-6, "fail_psi": 2e-6})
     settings = platform.settings.model_copy(update={
         "inference": platform.settings.inference.model_copy(update={"drift": strict})})
@@ -300,21 +306,27 @@ def test_a_drift_baseline_rewritten_in_nexus_is_refused(platform):
     assert platform.scores(day).count() == 0
 
 
-def test_a_product_missing_from_the_manifest_is_refused_and_nothing_is_scored(platform):
+def test_a_product_without_a_champion_is_left_out_and_the_others_are_scored(platform):
     day = "2026-10-28"
     manifests = platform.resources["release_manifest"]
     original = manifests.read("prod")
     try:
         manifests.write({"prod": {p: r for p, r in original.items() if p != "mortgage"}})
-        result = platform.run(day)
+        result = platform.run(day, selection=[SCORING_FEATURES_KEY, DEPLOYED_MODEL_KEY, SCORES_KEY])
+        deployed = platform.materialization(result, DEPLOYED_MODEL_KEY).metadata
+        manifests.write({"prod": {}})
+        refused = platform.run("2026-10-26", selection=[DEPLOYED_MODEL_KEY, SCORES_KEY])
     finally:
         manifests.write({"prod": original})
-    assert not result.success
-    failure = str(result.get_step_failure_events()[0].step_failure_data.error)
-    assert "no champion for mortgage in the prod release manifest" in failure
-    # deployed_model refuses (and the drift check, which reads the same manifest): nothing downstream runs
-    assert "prod__deployed_model" in {e.step_key for e in result.get_step_failure_events()}
-    assert platform.scores(day).count() == 0
+    assert result.success
+    assert deployed["products_not_deployed"].value == ["mortgage"]
+    scored = {r[0] for r in platform.scores(day).select("product_code").distinct().collect()}
+    assert scored == set(platform.settings.products) - {"mortgage"}
+    # a manifest without any champion refuses, and nothing downstream runs
+    assert not refused.success
+    failure = str(refused.get_step_failure_events()[0].step_failure_data.error)
+    assert "no champion for any product in the prod release manifest" in failure
+    assert platform.scores("2026-10-26").count() == 0
 
 
 def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scoring(platform, first_day):

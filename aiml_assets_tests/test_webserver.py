@@ -93,7 +93,7 @@ def test_webserver_serves_the_asset_graph(webserver):
     assert upstream("prod/deployed_model") == {"models/model_binary"}
     assert sources <= upstream("prod/scoring_features")
     assert upstream("prod/propensity_scores") == {"prod/scoring_features", "prod/deployed_model"}
-    assert upstream("cdp/nba_propensity") == {"prod/propensity_scores", "prod/scoring_features"}
+    assert upstream("cdp/nba_propensity") == {"prod/propensity_scores", "prod/scoring_features", "prod/deployed_model"}
     assert by_key["cdp/nba_propensity"]["groupName"] == "prod_inference"
     assert by_key["lab/customer_features"]["groupName"] == "lab_features"
     assert by_key["models/propensity_model"]["groupName"] == "model_versions"

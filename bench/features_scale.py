@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -255,10 +255,20 @@ def job_main(args: argparse.Namespace) -> int:
 
     from aiml_assets.cli import prepare_instance
     from aiml_assets.definitions import main_job_for_current_env
+    from aiml_assets.local_run import local_horizon
+    from aiml_assets.resources.per_environment import build_resources
+    from aiml_assets.settings import load_settings
+    from aiml_assets.sources.horizon import labelled_snapshots
 
     prepare_instance()
-    keys = main_job_for_current_env().partitions_def.get_partition_keys()
-    snapshot = keys[-1] if args.snapshot == "latest" else args.snapshot
+    partitions = main_job_for_current_env().partitions_def
+    keys = partitions.get_partition_keys()
+    if args.snapshot == "latest":  # the latest the data can label, as `aiml run-local` picks it
+        settings = load_settings()
+        snapshot = labelled_snapshots(partitions, local_horizon(build_resources(settings)), count=1,
+                                      window_days=settings.features.label_window_days, today=date.today())[-1]
+    else:
+        snapshot = args.snapshot
     if snapshot not in keys:
         raise SystemExit(f"snapshot {snapshot} is not a partition of the main job (last: {keys[-1]})")
     if args.partition_mode == "partition":
@@ -294,8 +304,8 @@ def job_main(args: argparse.Namespace) -> int:
                     m = event.step_materialization_data.materialization
                     step["assets"].append({"asset": m.asset_key.to_user_string(), "partition": m.partition,
                                            "metadata": {k: _meta_value(v) for k, v in m.metadata.items()
-                                                        if k in ("dagster/row_count", "rows_per_snapshot",
-                                                                 "table_versions", "rows_per_product")}})
+                                                        if k in ("dagster/row_count", "table_version",
+                                                                 "rows_per_product")}})
                 elif kind == DagsterEventType.ASSET_OBSERVATION:
                     o = event.asset_observation_data.asset_observation
                     step["assets"].append({"asset": o.asset_key.to_user_string(), "observation": True,

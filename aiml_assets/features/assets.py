@@ -18,22 +18,19 @@ from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import lab_table
 from aiml_assets.features.customer_features import Sources, customer_features, offers
-from aiml_assets.features.profile import profile_metadata
+from aiml_assets.features.profile import profile_by_partition
 from aiml_assets.features.schemas import customer_features_schema, training_set_schema
 from aiml_assets.governance.erased import erased_digests, without_erased
 from aiml_assets.quality import pandera_check, table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS, asset_key
+from aiml_assets.sources.horizon import observed_horizon, refuse_unfillable
 
 GROUP = "lab_features"
 FEATURES_KEY = AssetKey(["lab", "customer_features"])
 TRAINING_KEY = AssetKey(["lab", "training_set"])
 RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
-
-
-class LabelWindowIncomplete(ValueError):
-    pass
 
 
 def read_sources(context) -> Sources:
@@ -42,6 +39,18 @@ def read_sources(context) -> Sources:
     erased = erased_digests(context.resources.audit)
     return Sources(*(without_erased(catalog.read(spark, name), erased)
                      for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)))
+
+
+def events_used(transactions: DataFrame, snapshots: list[date]) -> dict[str, tuple]:
+    """Per snapshot, the earliest and latest transaction its features read (the 365 days before it), in one job."""
+    ts = F.col("transaction_ts")
+    bounds = []
+    for i, snapshot in enumerate(snapshots):
+        start = F.lit(snapshot - timedelta(days=365)).cast("timestamp")
+        used = (ts < F.lit(snapshot).cast("timestamp")) & (ts >= start)
+        bounds += [F.min(F.when(used, ts)).alias(f"lo{i}"), F.max(F.when(used, ts)).alias(f"hi{i}")]
+    row = transactions.agg(*bounds).first()
+    return {snapshot.isoformat(): (row[f"lo{i}"], row[f"hi{i}"]) for i, snapshot in enumerate(snapshots)}
 
 
 def _snapshots(context) -> list[date]:
@@ -92,24 +101,24 @@ def lab_feature_assets(settings: Settings) -> list:
     )
     def customer_features_asset(context: AssetExecutionContext) -> MaterializeResult:
         sources = read_sources(context)
-        versions = {}
+        refuse_unfillable(FEATURES_KEY, observed_horizon(sources.transactions), _snapshots(context),
+                          lambda horizon, snapshot: None if horizon.fills_features(snapshot) else
+                          f"features as of {snapshot} would miss the events from {horizon.scoring_day} on")
         for snapshot in _snapshots(context):
             context.log.info(f"customer features as of {snapshot}: computing")
             df = customer_features(sources, snapshot, products)
-            versions[snapshot.isoformat()] = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
-            context.log.info(f"customer features as of {snapshot}: written, table version {versions[snapshot.isoformat()]}")
+            version = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
+            context.add_asset_metadata({"table_version": MetadataValue.int(version)},
+                                       partition_key=snapshot.isoformat())
+            context.log.info(f"customer features as of {snapshot}: written, table version {version}")
         _register(context, settings, FEATURES_KEY)
         written = _read_snapshots(context, settings, FEATURES_KEY, _snapshots(context))
-        used = sources.transactions.filter(
-            F.col("transaction_ts") < F.lit(max(_snapshots(context))).cast("timestamp")
-        ).filter(F.col("transaction_ts") >= F.lit(min(_snapshots(context)) - timedelta(days=365)).cast("timestamp"))
-        span = used.agg(F.min("transaction_ts").alias("lo"), F.max("transaction_ts").alias("hi")).first()
-        return MaterializeResult(metadata={
-            **profile_metadata(written, "snapshot_date"),
-            "table_versions": MetadataValue.json(versions),
-            "min_event_time_used": MetadataValue.text(str(span["lo"])),
-            "max_event_time_used": MetadataValue.text(str(span["hi"])),
-        })
+        spans = events_used(sources.transactions, _snapshots(context))
+        for key, profile in profile_by_partition(written, "snapshot_date").items():
+            lo, hi = spans[key]
+            context.add_asset_metadata({**profile, "min_event_time_used": MetadataValue.text(str(lo)),
+                                        "max_event_time_used": MetadataValue.text(str(hi))}, partition_key=key)
+        return MaterializeResult()
 
     @asset(
         key=TRAINING_KEY,
@@ -122,28 +131,28 @@ def lab_feature_assets(settings: Settings) -> list:
     )
     def training_set_asset(context: AssetExecutionContext) -> MaterializeResult:
         sources = read_sources(context)
-        horizon = sources.transactions.agg(F.max("transaction_ts")).first()[0].date() + timedelta(days=1)
         window = timedelta(days=features.label_window_days)
+        refuse_unfillable(TRAINING_KEY, observed_horizon(sources.transactions), _snapshots(context),
+                          lambda horizon, snapshot: None if horizon.completes_labels(snapshot, window.days) else
+                          f"the {window.days}-day label window ends {snapshot + window}; labels would be incomplete")
         for snapshot in _snapshots(context):
-            if snapshot + window > horizon:
-                raise LabelWindowIncomplete(
-                    f"{TRAINING_KEY.to_user_string()} {snapshot}: the {window.days}-day label window ends "
-                    f"{snapshot + window}, after the EDP data horizon {horizon}; labels would be incomplete"
-                )
             rows = labelled(_read_snapshots(context, settings, FEATURES_KEY, [snapshot]), sources.holdings,
                             snapshot, window, products)
             _write_snapshot(context, settings, TRAINING_KEY, rows, snapshot)
             context.log.info(f"training set as of {snapshot}: written")
         _register(context, settings, TRAINING_KEY)
         written = _read_snapshots(context, settings, TRAINING_KEY, _snapshots(context))
-        per_product = written.groupBy("product_code").agg(F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate"))
-        stats = {r["product_code"]: (r["rows"], r["rate"]) for r in per_product.collect()}
-        return MaterializeResult(metadata={
-            "dagster/row_count": MetadataValue.int(sum(n for n, _ in stats.values())),
-            "rows_per_product": MetadataValue.json({p: n for p, (n, _) in sorted(stats.items())}),
-            "positive_rate_per_product": MetadataValue.json({p: round(r, 5) for p, (_, r) in sorted(stats.items())}),
-            "snapshots": MetadataValue.text(", ".join(context.partition_keys)),
-        })
+        per_product = written.groupBy("snapshot_date", "product_code").agg(
+            F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate")).collect()
+        for key in context.partition_keys:
+            stats = {r["product_code"]: (r["rows"], r["rate"]) for r in per_product if str(r["snapshot_date"]) == key}
+            context.add_asset_metadata({
+                "dagster/row_count": MetadataValue.int(sum(n for n, _ in stats.values())),
+                "rows_per_product": MetadataValue.json({p: n for p, (n, _) in sorted(stats.items())}),
+                "positive_rate_per_product": MetadataValue.json({p: round(r, 5)
+                                                                 for p, (_, r) in sorted(stats.items())}),
+            }, partition_key=key)
+        return MaterializeResult(metadata={"snapshots": MetadataValue.text(", ".join(context.partition_keys))})
 
     def check(key: AssetKey, schema):
         return pandera_check(

@@ -1,4 +1,6 @@
-"""What a feature table looks like, as materialization metadata: counts, null rates, a preview, distributions."""
+"""What a feature table looks like, as materialization metadata: counts, null rates, distributions.
+
+Aggregates only: customer-level values stay in the data plane, never in Dagster's event log."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from pyspark.sql import types as T
 
 from aiml_assets.plots import figure, inline_markdown, to_png
 
-PREVIEW_ROWS = 5
 QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95]
 
 
@@ -17,24 +18,24 @@ def _numeric(df: DataFrame) -> list[str]:
     return [f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)]
 
 
-def profile_metadata(df: DataFrame, partition_column: str) -> dict:
-    """Row counts per partition, null rate of every column and quantiles of numeric ones: one Spark job each."""
-    numeric = _numeric(df)
+def profile_by_partition(df: DataFrame, partition_column: str) -> dict[str, dict]:
+    """Per partition (as its key): rows, null rate of every column and quantiles of numeric ones, in one Spark job."""
+    numeric = [c for c in _numeric(df) if c != partition_column]
+    columns = [c for c in df.columns if c != partition_column]
     aggregates = [F.count(F.lit(1)).alias("_rows")]
-    aggregates += [F.avg(F.col(c).isNull().cast("double")).alias(f"null::{c}") for c in df.columns]
+    aggregates += [F.avg(F.col(c).isNull().cast("double")).alias(f"null::{c}") for c in columns]
     aggregates += [F.percentile_approx(c, QUANTILES, 1000).alias(f"q::{c}") for c in numeric]
-    totals = df.agg(*aggregates).first().asDict()
-    per_partition = {str(r[0]): r[1] for r in df.groupBy(partition_column).count().orderBy(partition_column).collect()}
-    quantiles = {c: totals[f"q::{c}"] for c in numeric}
-    preview = df.limit(PREVIEW_ROWS).toPandas()
-    return {
-        "dagster/row_count": MetadataValue.int(totals["_rows"]),
-        "rows_per_snapshot": MetadataValue.json(per_partition),
-        "null_rate": MetadataValue.json({c: round(totals[f"null::{c}"] or 0.0, 4) for c in df.columns}),
-        "preview": MetadataValue.md(preview.to_markdown(index=False) if len(preview) else "(no rows)"),
-        "distributions": MetadataValue.md(_distribution_table(quantiles)),
-        "distribution_plot": MetadataValue.md(_plot(quantiles)),
-    }
+    profiles = {}
+    for row in df.groupBy(partition_column).agg(*aggregates).collect():
+        totals = row.asDict()
+        quantiles = {c: totals[f"q::{c}"] for c in numeric}
+        profiles[str(totals[partition_column])] = {
+            "dagster/row_count": MetadataValue.int(totals["_rows"]),
+            "null_rate": MetadataValue.json({c: round(totals[f"null::{c}"] or 0.0, 4) for c in columns}),
+            "distributions": MetadataValue.md(_distribution_table(quantiles)),
+            "distribution_plot": MetadataValue.md(_plot(quantiles)),
+        }
+    return profiles
 
 
 def _distribution_table(quantiles: dict[str, list]) -> str:

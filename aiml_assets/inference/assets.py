@@ -5,7 +5,7 @@ Everything is partitioned by scoring date, so one daily run scores one day and r
 
 
 from dataclasses import asdict, fields
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
 from dagster import (
@@ -41,6 +41,7 @@ from aiml_assets.quality import pandera_check, spark_schema, table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS, asset_key
+from aiml_assets.sources.horizon import observed_horizon, refuse_unfillable
 
 GROUP = "prod_inference"
 SCORING_FEATURES_KEY = AssetKey(["prod", "scoring_features"])
@@ -96,9 +97,12 @@ def inference_assets(settings: Settings) -> list:
     )
     def scoring_features(context: AssetExecutionContext) -> MaterializeResult:
         day = scoring_day(context)
+        sources = read_sources(context)
+        # a scheduled run before EDP has published yesterday is refused, rather than scoring on stale data
+        refuse_unfillable(SCORING_FEATURES_KEY, observed_horizon(sources.transactions), [day], lambda horizon, _: (
+            None if horizon.fills_features(day) else f"scoring it needs every event up to {day - timedelta(days=1)}"))
         context.log.info(f"scoring features as of {day}: computing")
-        version = features_table.write_partition(context, customer_features(read_sources(context), day, products),
-                                                 day.isoformat())
+        version = features_table.write_partition(context, customer_features(sources, day, products), day.isoformat())
         register(context, features_table, SCORING_FEATURES_KEY.to_user_string())
         customers = features_table.read(context, [day]).count()
         context.log.info(f"scoring features as of {day}: {customers} customers, table version {version}")
@@ -139,8 +143,8 @@ def inference_assets(settings: Settings) -> list:
         # the lab's Nexus binaries, which reach this environment only through a promotion's release manifest
         deps=[AssetDep(BINARY_KEY, partition_mapping=AllPartitionMapping())],
         description=f"Per product, the champion (and any challenger) of the {settings.inference.deploys_from} "
-        "release manifest, pulled from Nexus and loaded only if its sha256 matches the manifest; a missing entry or a "
-        "mismatch refuses, and nothing is scored.",
+        "release manifest, pulled from Nexus and loaded only if its sha256 matches the manifest; a mismatch refuses, "
+        "and nothing is scored. A product without a champion is not scored.",
         metadata={"dagster/column_schema": table_schema(deployed_schema), "dagster/table_name": deployed_table.name},
         required_resource_keys=MODEL_RESOURCES, kinds={"nexus", "mlflow"}, **common,
     )
@@ -150,6 +154,10 @@ def inference_assets(settings: Settings) -> list:
         load_all(context.resources.nexus, entries)
         for deployment in entries:
             context.log.info(f"{deployment.describe()}: sha256 {deployment.model_sha256} verified, loaded")
+        undeployed = sorted(set(products) - {d.product_code for d in entries})
+        if undeployed:
+            context.log.warning(f"no champion in the {settings.inference.deploys_from} release manifest for "
+                                f"{', '.join(undeployed)}: not scored on {day}")
         rows = pd.DataFrame([{"snapshot_date": day, **asdict(d)} for d in entries])
         spark = context.resources.spark.get_session()
         version = deployed_table.write_partition(
@@ -158,6 +166,7 @@ def inference_assets(settings: Settings) -> list:
         return MaterializeResult(metadata={
             "deployed": MetadataValue.md(rows.drop(columns=["snapshot_date"]).to_markdown(index=False)),
             "release_manifest": MetadataValue.text(f"resources/{settings.inference.deploys_from}.yaml"),
+            "products_not_deployed": MetadataValue.json(undeployed),
             "table_version": MetadataValue.int(version),
         })
 
@@ -178,7 +187,7 @@ def inference_assets(settings: Settings) -> list:
                           [d for d in deployed(context, settings) if d.model_role == CHAMPION or share > 0])
         features = features_table.read(context, [day])
         context.log.info(f"scoring {day} with {len(models)} model versions, canary share {share}")
-        scores = score_customers(features, models, products, share, datetime.now(timezone.utc))
+        scores = score_customers(features, models, share, datetime.now(timezone.utc))
         version = scores_table.write_partition(context, scores, day.isoformat())
         register(context, scores_table, SCORES_KEY.to_user_string())
         written = scores_table.read(context, [day])

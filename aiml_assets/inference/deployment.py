@@ -37,13 +37,15 @@ class Deployment:
 
 
 def deployments(manifest: dict[str, ProductRelease], products: list[str], source: str) -> list[Deployment]:
-    """Every product's champion (required) and challenger (optional) from the release manifest `source`."""
-    missing = [p for p in products if manifest.get(p) is None or manifest[p].champion is None]
-    if missing:
-        raise DeploymentRefused(f"no champion for {', '.join(missing)} in the {source} release manifest "
+    """Every product's champion and optional challenger from the release manifest `source`. A product without a
+    champion is not scored (like a product whose new version failed its gate and that never had one); a manifest
+    without any champion refuses."""
+    with_champion = [p for p in products if manifest.get(p) is not None and manifest[p].champion is not None]
+    if not with_champion:
+        raise DeploymentRefused(f"no champion for any product in the {source} release manifest "
                                 f"(resources/{source}.yaml); promote a gated version first. Nothing is scored.")
     found = []
-    for product in products:
+    for product in with_champion:
         for role in (CHAMPION, CHALLENGER):
             entry = getattr(manifest[product], role)
             if entry is None:

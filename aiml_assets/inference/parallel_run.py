@@ -82,9 +82,10 @@ def parallel_run_assets(settings: Settings) -> list:
         now = datetime.now(timezone.utc)
         models = load_all(context.resources.nexus, list(entries.values()))
         sides = []
+        deployed_products = [p for p in products if (p, CHAMPION) in entries]
         for role in (CHAMPION, CHALLENGER):  # a product without a challenger faces its champion
-            chosen = {(p, CHAMPION): models.get((p, role), models[(p, CHAMPION)]) for p in products}
-            sides.append(_side(score_customers(features, chosen, products, 0.0, now), role))
+            chosen = {(p, CHAMPION): models.get((p, role), models[(p, CHAMPION)]) for p in deployed_products}
+            sides.append(_side(score_customers(features, chosen, 0.0, now), role))
         side_by_side = sides[0].join(sides[1], ["customer_id", "snapshot_date", "product_code"])
         version = report_table.write_partition(context, side_by_side.select(*schema.columns), day.isoformat())
         report_table.register(context, comment="UAT parallel run: champion and challenger scores side by side",
@@ -95,7 +96,7 @@ def parallel_run_assets(settings: Settings) -> list:
             "customer_id").agg(F.max(F.when(F.col("champion_rank") == 1, F.col("product_code"))).alias("a"),
                                F.max(F.when(F.col("challenger_rank") == 1, F.col("product_code"))).alias("b"))
         agreement = best.agg(F.avg((F.col("a") == F.col("b")).cast("double"))).first()[0] or 0.0
-        without = [p for p in products if (p, CHALLENGER) not in entries]
+        without = [p for p in deployed_products if (p, CHALLENGER) not in entries]
         context.log.info(f"parallel run {day}: best product agrees for {agreement:.1%} of customers")
         return MaterializeResult(metadata={
             "score_shift_per_product": MetadataValue.md(shift.to_markdown()),

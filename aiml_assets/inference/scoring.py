@@ -64,10 +64,11 @@ def _score_batches(models: dict[tuple[str, str], tuple[object, str, int]], categ
 
 
 def score_customers(features: DataFrame, models: dict[tuple[str, str], tuple[object, Deployment]],
-                    products: list[str], canary_share: float, scored_at: datetime) -> DataFrame:
-    """`models`: (product, champion|challenger) -> (loaded model, its deployment)."""
-    """One row per customer and product they may be offered: score, rank among the customer's products (1 = best),
-    model name, version and role (champion or canary), scored_at."""
+                    canary_share: float, scored_at: datetime) -> DataFrame:
+    """One row per customer and deployed product they may be offered: score, rank among the customer's products
+    (1 = best), model name, version and role (champion or canary), scored_at. `models`: (product,
+    champion|challenger) -> (loaded model, its deployment); the products with a champion are the ones scored."""
+    products = sorted({product for product, role in models if role == CHAMPION})
     with_challenger = sorted({product for product, role in models if role == CHALLENGER})
     canary = in_canary(F.col("customer_id"), canary_share) & F.col("product_code").isin(with_challenger)
     rows = (offers(features, products)

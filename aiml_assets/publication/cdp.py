@@ -16,7 +16,10 @@ from pyspark.sql import functions as F
 from aiml_assets.asset_tables import scoring_table
 from aiml_assets.features.customer_features import offers
 from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLICATION_STARTED, actor
-from aiml_assets.inference.assets import GROUP, SCORES_KEY, SCORING_FEATURES_KEY, scoring_day, scoring_partitions
+from aiml_assets.inference.assets import (
+    DEPLOYED_MODEL_KEY, GROUP, SCORES_KEY, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
+)
+from aiml_assets.inference.deployment import CHAMPION
 from aiml_assets.inference.schemas import nba_propensity_schema
 from aiml_assets.publication.contract import CONTRACT, contract_version
 from aiml_assets.publication.expectations import run_publish_gate
@@ -55,7 +58,7 @@ def _not_publishable(current: dict, version_id: str, day: str) -> str | None:
 
 
 def cdp_assets(settings: Settings) -> list:
-    publication, products = settings.publication, settings.products
+    publication = settings.publication
     name, schema = cdp_name(settings), nba_propensity_schema(settings.products)
     scores_table = scoring_table(settings, SCORES_KEY)
     features_table = scoring_table(settings, SCORING_FEATURES_KEY)
@@ -63,7 +66,8 @@ def cdp_assets(settings: Settings) -> list:
 
     @asset(
         key=CDP_KEY,
-        deps=[SCORES_KEY, SCORING_FEATURES_KEY],  # the features give the row count the audit expects
+        # the features and the deployed products give the row count the audit expects
+        deps=[SCORES_KEY, SCORING_FEATURES_KEY, DEPLOYED_MODEL_KEY],
         group_name=GROUP, partitions_def=daily, owners=["team:aiml"], kinds={"delta", "unity-catalog"},
         pool="cdp_publication",  # one switch at a time across runs (the remote instance limits pools to 1)
         description=f"The NBA propensity scores as the Consolidated Data Product {name}: each day an immutable "
@@ -101,8 +105,10 @@ def cdp_assets(settings: Settings) -> list:
             tables.write(scores, location, run_id=context.run.run_id)
             context.log.info(f"{name}: staged version {version_id} ({rows} rows) at {location}")
         staged = tables.read(spark, location)
-        expected = offers(features_table.read(context, [day]), products).count()  # scored independently of scores
-        gate = run_publish_gate(staged, columns=list(schema.columns), products=products, expected_rows=expected,
+        # the row count expected, from the features and the products deployed that day, not from the scores
+        scored = sorted({d.product_code for d in deployed(context, settings) if d.model_role == CHAMPION})
+        expected = offers(features_table.read(context, [day]), scored).count()
+        gate = run_publish_gate(staged, columns=list(schema.columns), products=scored, expected_rows=expected,
                                 project_root=aiml_home(), run_name=f"{day}-{version_id}")
         total, violations = validate(schema, staged)
         # rules and counts only: no customer key may reach the run's logs or the append-only audit log
