@@ -25,7 +25,7 @@ from aiml_assets.quality import pandera_check, table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS, asset_key
-from aiml_assets.sources.horizon import observed_horizon, refuse_unfillable
+from aiml_assets.sources.horizon import DataHorizon, horizon_of, observed_horizon, refuse_unfillable
 
 GROUP = "lab_features"
 FEATURES_KEY = AssetKey(["lab", "customer_features"])
@@ -41,16 +41,18 @@ def read_sources(context) -> Sources:
                      for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)))
 
 
-def events_used(transactions: DataFrame, snapshots: list[date]) -> dict[str, tuple]:
-    """Per snapshot, the earliest and latest transaction its features read (the 365 days before it), in one job."""
+def transaction_bounds(transactions: DataFrame, snapshots: list[date]) -> tuple[DataHorizon, dict[str, tuple]]:
+    """The data horizon and, per snapshot, the earliest and latest transaction its features read (the 365 days
+    before it): one Spark job."""
     ts = F.col("transaction_ts")
-    bounds = []
+    bounds = [F.max(ts).alias("latest")]
     for i, snapshot in enumerate(snapshots):
         start = F.lit(snapshot - timedelta(days=365)).cast("timestamp")
         used = (ts < F.lit(snapshot).cast("timestamp")) & (ts >= start)
         bounds += [F.min(F.when(used, ts)).alias(f"lo{i}"), F.max(F.when(used, ts)).alias(f"hi{i}")]
     row = transactions.agg(*bounds).first()
-    return {snapshot.isoformat(): (row[f"lo{i}"], row[f"hi{i}"]) for i, snapshot in enumerate(snapshots)}
+    spans = {snapshot.isoformat(): (row[f"lo{i}"], row[f"hi{i}"]) for i, snapshot in enumerate(snapshots)}
+    return horizon_of(row["latest"]), spans
 
 
 def _snapshots(context) -> list[date]:
@@ -101,7 +103,8 @@ def lab_feature_assets(settings: Settings) -> list:
     )
     def customer_features_asset(context: AssetExecutionContext) -> MaterializeResult:
         sources = read_sources(context)
-        refuse_unfillable(FEATURES_KEY, observed_horizon(sources.transactions), _snapshots(context),
+        horizon, spans = transaction_bounds(sources.transactions, _snapshots(context))
+        refuse_unfillable(FEATURES_KEY, horizon, _snapshots(context),
                           lambda horizon, snapshot: None if horizon.fills_features(snapshot) else
                           f"features as of {snapshot} would miss the events from {horizon.scoring_day} on")
         for snapshot in _snapshots(context):
@@ -113,7 +116,6 @@ def lab_feature_assets(settings: Settings) -> list:
             context.log.info(f"customer features as of {snapshot}: written, table version {version}")
         _register(context, settings, FEATURES_KEY)
         written = _read_snapshots(context, settings, FEATURES_KEY, _snapshots(context))
-        spans = events_used(sources.transactions, _snapshots(context))
         for key, profile in profile_by_partition(written, "snapshot_date").items():
             lo, hi = spans[key]
             context.add_asset_metadata({**profile, "min_event_time_used": MetadataValue.text(str(lo)),

@@ -30,7 +30,7 @@ from aiml_assets.features.customer_features import customer_features
 from aiml_assets.features.schemas import customer_features_schema
 from aiml_assets.inference.plots import score_summary
 from aiml_assets.inference.deployment import (
-    CHAMPION, Deployment, deployments, load_all, reference_profile,
+    CHAMPION, Deployment, deployments, load_all, reference_profile, scored_products,
 )
 from aiml_assets.inference.drift import feature_psi
 from aiml_assets.inference.schemas import CANARY_ROLE, deployed_model_schema, propensity_scores_schema
@@ -154,7 +154,7 @@ def inference_assets(settings: Settings) -> list:
         load_all(context.resources.nexus, entries)
         for deployment in entries:
             context.log.info(f"{deployment.describe()}: sha256 {deployment.model_sha256} verified, loaded")
-        undeployed = sorted(set(products) - {d.product_code for d in entries})
+        undeployed = [p for p in products if p not in scored_products(entries, products)]
         if undeployed:
             context.log.warning(f"no champion in the {settings.inference.deploys_from} release manifest for "
                                 f"{', '.join(undeployed)}: not scored on {day}")

@@ -58,6 +58,12 @@ def deployments(manifest: dict[str, ProductRelease], products: list[str], source
     return found
 
 
+def scored_products(deployed: list[Deployment], products: list[str]) -> list[str]:
+    """The products a deployment scores: those with a champion, in the order of `products`."""
+    champions = {d.product_code for d in deployed if d.model_role == CHAMPION}
+    return [p for p in products if p in champions]
+
+
 def load_verified(nexus: NexusRepository, deployment: Deployment, workdir: Path):
     """The deployment's model, pulled from Nexus into `workdir` and loaded once its sha256 matches the manifest."""
     try:

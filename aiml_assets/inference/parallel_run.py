@@ -13,7 +13,7 @@ from aiml_assets.asset_tables import scoring_table
 from aiml_assets.inference.assets import (
     DEPLOYED_MODEL_KEY, MODEL_RESOURCES, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
 )
-from aiml_assets.inference.deployment import CHALLENGER, CHAMPION, load_all
+from aiml_assets.inference.deployment import CHALLENGER, CHAMPION, load_all, scored_products
 from aiml_assets.inference.schemas import parallel_run_schema
 from aiml_assets.inference.scoring import score_customers
 from aiml_assets.models.reference_profile import psi
@@ -77,12 +77,13 @@ def parallel_run_assets(settings: Settings) -> list:
     )
     def parallel_run_report(context: AssetExecutionContext) -> MaterializeResult:
         day = scoring_day(context)
-        entries = {(d.product_code, d.model_role): d for d in deployed(context, settings)}
+        deployments = deployed(context, settings)
+        entries = {(d.product_code, d.model_role): d for d in deployments}
         features = features_table.read(context, [day])
         now = datetime.now(timezone.utc)
         models = load_all(context.resources.nexus, list(entries.values()))
         sides = []
-        deployed_products = [p for p in products if (p, CHAMPION) in entries]
+        deployed_products = scored_products(deployments, products)
         for role in (CHAMPION, CHALLENGER):  # a product without a challenger faces its champion
             chosen = {(p, CHAMPION): models.get((p, role), models[(p, CHAMPION)]) for p in deployed_products}
             sides.append(_side(score_customers(features, chosen, 0.0, now), role))

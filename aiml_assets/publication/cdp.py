@@ -19,7 +19,7 @@ from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLI
 from aiml_assets.inference.assets import (
     DEPLOYED_MODEL_KEY, GROUP, SCORES_KEY, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
 )
-from aiml_assets.inference.deployment import CHAMPION
+from aiml_assets.inference.deployment import scored_products
 from aiml_assets.inference.schemas import nba_propensity_schema
 from aiml_assets.publication.contract import CONTRACT, contract_version
 from aiml_assets.publication.expectations import run_publish_gate
@@ -106,7 +106,7 @@ def cdp_assets(settings: Settings) -> list:
             context.log.info(f"{name}: staged version {version_id} ({rows} rows) at {location}")
         staged = tables.read(spark, location)
         # the row count expected, from the features and the products deployed that day, not from the scores
-        scored = sorted({d.product_code for d in deployed(context, settings) if d.model_role == CHAMPION})
+        scored = scored_products(deployed(context, settings), settings.products)
         expected = offers(features_table.read(context, [day]), scored).count()
         gate = run_publish_gate(staged, columns=list(schema.columns), products=scored, expected_rows=expected,
                                 project_root=aiml_home(), run_name=f"{day}-{version_id}")

@@ -56,11 +56,14 @@ def refuse_unfillable(key: AssetKey, horizon: DataHorizon, days: list[date],
         raise DataHorizonExceeded(f"{key.to_user_string()}: {horizon.describe()}; " + "; ".join(problems))
 
 
-def observed_horizon(transactions: DataFrame) -> DataHorizon:
-    latest = transactions.agg(F.max(HORIZON_COLUMN)).first()[0]
-    if latest is None:
+def horizon_of(latest_event: datetime | None) -> DataHorizon:
+    if latest_event is None:
         raise DataHorizonExceeded("the EDP transactions hold no events: no partition can be filled")
-    return DataHorizon(latest.date())
+    return DataHorizon(latest_event.date())
+
+
+def observed_horizon(transactions: DataFrame) -> DataHorizon:
+    return horizon_of(transactions.agg(F.max(HORIZON_COLUMN)).first()[0])
 
 
 def existing_keys(partitions: PartitionsDefinition, today: date) -> list[str]:
