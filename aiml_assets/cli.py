@@ -4,6 +4,7 @@ the Dagster instance)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -122,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     promote_cmd.add_argument("--resources-dir", type=Path, default=None,
                              help="where the env files whose release manifests are rewritten live (default: the "
                              "repository's resources/ from lab; a copy under the AIML home locally)")
+    gate_cmd = commands.add_parser("check-change-request", help="CI: refuse unless the change system has the change "
+                                   "request approved, in Implement, planned around now and listing the release")
+    launch_cmd = commands.add_parser("launch", help="CI: launch a job in a locked environment (uat, prod) under an "
+                                     "approved change request, signed with the environment's launch key")
+    for cmd in (gate_cmd, launch_cmd):
+        cmd.add_argument("--change-request", required=True)
+        cmd.add_argument("--release", required=True, help="the release shipped or running (RELEASE.json's version)")
+    launch_cmd.add_argument("--job", required=True)
+    launch_cmd.add_argument("--partition", default="")
+    launch_cmd.add_argument("--config-json", type=json.loads, default={}, help="op config only (ops: ...)")
     args = parser.parse_args(argv)
 
     if args.command == "digest":
@@ -132,6 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare-instance":
         print(prepare_instance())
         return 0
+    if args.command == "check-change-request":
+        from aiml_assets.governance.change_management import ChangeRequestRefused, from_environment
+
+        try:
+            from_environment(os.environ).approved(args.change_request, args.release)
+        except ChangeRequestRefused as exc:
+            print(f"REFUSED: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.change_request}: approved, in its implementation window, lists {args.release}")
+        return 0
+    if args.command == "launch":
+        from aiml_assets.governance.ci_launch import launch
+
+        return launch(load_settings(), os.environ, job=args.job, partition=args.partition, run_config=args.config_json,
+                      change_request=args.change_request, release=args.release)
     if args.command == "promote":
         return 0 if promote(args.product, args.version, args.change_request, args.target, args.resources_dir,
                             args.role) else 1

@@ -7,16 +7,19 @@ file's `asset_groups`.
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from dagster import (
     AssetSelection,
     AssetSpec,
+    DailyPartitionsDefinition,
     DefaultScheduleStatus,
     Definitions,
     ExecutorDefinition,
     JobDefinition,
+    RunRequest,
     ScheduleDefinition,
     StaticPartitionsDefinition,
-    build_schedule_from_partitioned_job,
     define_asset_job,
     in_process_executor,
     multiprocess_executor,
@@ -26,12 +29,14 @@ from aiml_assets.features.assets import GROUP as FEATURES_GROUP
 from aiml_assets.governance.audit_trail import audit_trail_sensor
 from aiml_assets.governance.egress import check_lineage, check_own_buckets
 from aiml_assets.governance.erasure import erasure_job
-from aiml_assets.governance.lockdown import locked
+from aiml_assets.governance.audit import AuditLog
+from aiml_assets.governance.lockdown import LaunchPolicy, locked
 from aiml_assets.governance.retention_assets import GROUP as GOVERNANCE_GROUP
+from aiml_assets.governance.signed_schedules import signed_schedule
 from aiml_assets.governance.retention_assets import lifecycle_job, retention_assets
 from aiml_assets.features.assets import lab_feature_assets
 from aiml_assets.inference.assets import GROUP as INFERENCE_GROUP
-from aiml_assets.inference.assets import inference_assets
+from aiml_assets.inference.assets import inference_assets, scoring_partitions
 from aiml_assets.inference.parallel_run import GROUP as PARALLEL_RUN_GROUP
 from aiml_assets.inference.parallel_run import parallel_run_assets
 from aiml_assets.models.assets import BINARY_KEY
@@ -77,12 +82,26 @@ def lab_model_binaries(settings: Settings) -> AssetSpec:
                      "environment deploys the versions its release manifest names.")
 
 
-def executor_for(settings: Settings) -> ExecutorDefinition:
+def daily_scoring_schedule(job, partitions: DailyPartitionsDefinition,
+                           status: DefaultScheduleStatus) -> ScheduleDefinition:
+    """05:00 UK time (the partitions' timezone), scoring the day's partition (end_offset=1): published before the
+    contract's 07:00. A plain schedule rather than Dagster's partitioned-job builder, so a locked one can be signed."""
+    def the_days_partition(context) -> RunRequest:
+        day = context.scheduled_execution_time.astimezone(ZoneInfo(partitions.timezone)).date()
+        return RunRequest(partition_key=day.strftime(partitions.fmt))
+
+    return ScheduleDefinition(name=f"{job.name}_schedule", job=job, cron_schedule="0 5 * * *",
+                              execution_timezone=partitions.timezone, default_status=status,
+                              execution_fn=the_days_partition)
+
+
+def executor_for(settings: Settings, audit: AuditLog | None = None) -> ExecutorDefinition:
     # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step is its
-    # own Databricks run. Every environment refuses runs that re-point its resources; a locked one (prod) also runs
-    # launched by hand, before any step.
+    # own Databricks run. Every environment refuses runs whose config sets more than op config; a locked one (UAT,
+    # prod) also runs nobody can prove were launched by its daemon, by CI or under break-glass, before any step.
     chosen = in_process_executor if settings.is_local else multiprocess_executor
-    return locked(chosen, settings.lockdown, settings.environment)
+    policy = LaunchPolicy(settings.lockdown) if settings.lockdown else None
+    return locked(chosen, settings.environment, policy, audit)
 
 
 def build_definitions(env: str | None = None, settings: Settings | None = None) -> Definitions:
@@ -124,21 +143,23 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
             + ("; compare champion and challenger side by side" if "uat_parallel_run" in settings.asset_groups else ""),
         )
         jobs.append(scoring_job)
-        # 05:00 UK time (the partitions' timezone): published before the contract's 07:00
-        schedules.append(build_schedule_from_partitioned_job(scoring_job, hour_of_day=5, default_status=unattended))
+        schedules.append(daily_scoring_schedule(scoring_job, scoring_partitions(settings), unattended))
     if MODEL_GROUP in settings.asset_groups:
         jobs.append(define_asset_job(
             MODELS_JOB, selection=models,
             description="Per product: train, gate (challenger alias on pass), publish the binary to Nexus.",
         ))
         jobs.append(promotion_job(settings))  # promotes from the registry these environments train into
+    if settings.lockdown:  # what a locked environment's schedules launch carries their signature
+        schedules = [signed_schedule(schedule, settings.lockdown) for schedule in schedules]
+    resources = build_resources(settings)
     definitions = Definitions(
         assets=graph_for(settings),  # asset checks are assets definitions too
-        resources=build_resources(settings),
+        resources=resources,
         jobs=jobs,
         schedules=schedules,
         sensors=[audit_trail_sensor(settings)],
-        executor=executor_for(settings),
+        executor=executor_for(settings, resources["audit"]),
     )
     check_lineage(definitions.resolve_asset_graph(), allowed={BINARY_KEY})
     return definitions

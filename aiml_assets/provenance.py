@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from aiml_assets.settings import PROJECT_ROOT
 
@@ -26,3 +28,15 @@ def code_version() -> str:
         return version("aiml_assets")
     except PackageNotFoundError:
         return "unknown"
+
+
+RELEASE_FILE = PROJECT_ROOT / "RELEASE.json"  # written by the deploy job into the shipped code location
+
+
+def shipped_release(path: Path = RELEASE_FILE) -> str | None:
+    """The release tag (vX.Y.Z) this code location was shipped as, or None if CI did not ship it."""
+    try:
+        tag = json.loads(path.read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) and tag else None

@@ -10,10 +10,12 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aiml_assets.sql_identifiers import LOCAL_FOLDER, PRINCIPAL, S3_LOCATION
 
 ENVIRONMENTS = ("local", "lab", "uat", "prod")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +120,13 @@ class StorageSettings(_Strict):
                 raise ValueError(f"buckets.{role}: expected an s3:// URI for kind s3, got {uri!r}")
             if self.kind == "local" and "://" in uri:
                 raise ValueError(f"buckets.{role}: expected a folder under the AIML home for kind local, got {uri!r}")
+            # the URIs become LOCATIONs and delta.`...` paths in SQL text
+            (S3_LOCATION if self.kind == "s3" else LOCAL_FOLDER).check(uri, f"buckets.{role}")
         return self
+
+
+# A group, user or service principal named in GRANT and OWNER TO statements
+CatalogPrincipal = Annotated[str, AfterValidator(PRINCIPAL.check)]
 
 
 class CatalogSettings(_Strict):
@@ -126,7 +134,7 @@ class CatalogSettings(_Strict):
 
     kind: Literal["local", "unity"]  # EDP products keep EDP's own names (edp.fdp.customers, ...)
     aiml_catalog: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    table_owner: str = "aiml-engineers"  # the catalog principal (a group) that owns our interim tables
+    table_owner: CatalogPrincipal = "aiml-engineers"  # the catalog principal (a group) that owns our interim tables
 
 
 class MlflowSettings(_Strict):
@@ -210,15 +218,21 @@ class PublicationSettings(_Strict):
 
     catalog: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # where tenants find it: <catalog>.<schema>.nba_propensity
     schema_name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    owner: str
+    owner: CatalogPrincipal
     classification: Literal["public", "internal", "confidential", "restricted"]
-    tenant_groups: list[str] = Field(min_length=1)  # granted SELECT, nothing else
+    tenant_groups: list[CatalogPrincipal] = Field(min_length=1)  # granted SELECT, nothing else
 
 
 class LockdownSettings(_Strict):
-    """Runs only from schedules, sensors, or this CI service principal with a change request id (prod)."""
+    """UAT and prod run only what this instance's schedule or sensor ticks launched, what this CI service principal
+    launched with a signed, approved change, or what a break-glass grant in force allows (governance/lockdown.py)."""
 
-    ci_principal: str = Field(min_length=1)
+    ci_principal: str = Field(pattern=r"^[a-z][a-z0-9-]{2,62}$")
+    # the HMAC key CI signs launches with; held only by the CI runner and the environment's code server
+    signing_key_env: str = Field("AIML_LAUNCH_SIGNING_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
+    max_signature_minutes: int = Field(60, ge=1, le=240)  # how long a signed launch may wait to start
+    # a schedule's tick lists its runs only once they are all submitted; how long a run waits to find itself there
+    tick_wait_seconds: float = Field(120, ge=0, le=900)
 
 
 class ReleaseEntry(_Strict):
@@ -253,7 +267,7 @@ class Settings(_Strict):
     models: ModelSettings | None = None
     inference: InferenceSettings | None = None
     publication: PublicationSettings | None = None
-    lockdown: LockdownSettings | None = None  # required in prod: no run launched by hand
+    lockdown: LockdownSettings | None = None  # required in uat and prod: no run launched by hand
     # product -> deployed versions; written by the promotion job (`aiml promote`), never by hand
     release_manifest: dict[str, ProductRelease] = {}
 
@@ -304,10 +318,10 @@ class Settings(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _prod_is_locked(self) -> Settings:
-        if self.environment == "prod" and self.lockdown is None:
-            raise ValueError("lockdown: required in prod (runs only from schedules, sensors or CI with a change "
-                             "request)")
+    def _uat_and_prod_are_locked(self) -> Settings:
+        if self.environment in ("uat", "prod") and self.lockdown is None:
+            raise ValueError(f"lockdown: required in {self.environment} (runs only from schedule and sensor ticks, "
+                             "signed CI launches under an approved change, or break-glass)")
         return self
 
     @model_validator(mode="after")

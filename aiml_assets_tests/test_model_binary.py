@@ -1,5 +1,5 @@
 """Model binaries in Nexus: a really trained, registered MLflow model version packaged, published to both Nexus
-implementations, fetched back and loaded."""
+implementations, fetched back and loaded; and the same model forged to run code at load, refused at both ends."""
 
 from __future__ import annotations
 
@@ -17,17 +17,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import skops.io
 from test_model_training import synthetic
-from test_nexus import REPO, Backend, backend, server  # noqa: F401  (fixtures: the local folder and the HTTP Nexus)
+from test_nexus import REPO, Backend, backend, forged_skops, server, trusting  # noqa: F401  (fixtures: both Nexuses)
 
+from aiml_assets.inference.deployment import Deployment, DeploymentRefused, load_verified, reference_profile
+from aiml_assets.models import registry
 from aiml_assets.models.binary import (
     fetch_metadata,
     fetch_model,
     nexus_paths,
     package_model,
     publish_model,
+    version_metadata,
 )
-from aiml_assets.models.training import SKOPS_TRUSTED, TrainedModel, log_and_register, prepare, registered_name, train
+from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES, UntrustedModel, load_model
+from aiml_assets.models.training import (
+    TrainedModel, log_and_register, model_requirements, prepare, registered_name, train,
+)
 from aiml_assets.resources.nexus import NexusChecksumError, NexusError, NexusRefused
 from aiml_assets.resources.tracking import MlflowResource
 
@@ -39,6 +46,7 @@ class Registered:
     run_id: str
     model_dir: Path  # the registered version's artifacts, downloaded as the model_binary asset does
     trained: TrainedModel
+    mlflow: MlflowResource
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +62,16 @@ def registered(tmp_path_factory) -> Registered:
                                        tags={"code_version": "test"})
     model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                     dst_path=str(home / "download"))
-    return Registered(name, version, run_id, Path(model_dir), trained)
+    return Registered(name, version, run_id, Path(model_dir), trained, resource)
 
 
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory) -> Path:
     """Another model for the same product, saved as an MLflow model directory (not registered)."""
     model_dir = tmp_path_factory.mktemp("retrained") / "model"
-    mlflow.sklearn.save_model(train(synthetic(n=300, seed=4)).model, str(model_dir), skops_trusted_types=SKOPS_TRUSTED,
-                              pip_requirements=["scikit-learn"])  # skips MLflow's slow requirement inference
+    mlflow.sklearn.save_model(train(synthetic(n=300, seed=4)).model, str(model_dir),
+                              skops_trusted_types=list(TRUSTED_SKOPS_TYPES),
+                              pip_requirements=model_requirements())  # skips MLflow's slow requirement inference
     return model_dir
 
 
@@ -119,7 +128,7 @@ def test_publish_fetch_round_trip_predicts_like_the_trained_model(backend, regis
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == {
         p.name: p.read_bytes() for p in registered.model_dir.iterdir()}
     x = prepare(registered.trained.validation)
-    loaded = mlflow.sklearn.load_model(str(model_dir))
+    loaded = load_model(model_dir, registered.name)
     np.testing.assert_array_equal(loaded.predict_proba(x), registered.trained.model.predict_proba(x))
     with pytest.raises(FileExistsError, match="not empty"):
         fetch_model(backend.nexus, registered.name, registered.version, model_dir)
@@ -221,3 +230,104 @@ def test_the_model_states_its_own_requirements_at_the_trained_versions(registere
     requirements = (registered.model_dir / "requirements.txt").read_text().split()
     assert f"scikit-learn=={version('scikit-learn')}" in requirements and f"skops=={version('skops')}" in requirements
     assert not [r for r in requirements if r.startswith(("pytest", "rich", "dagster"))]  # nothing the process had
+
+
+# --- issue 13: a model that lists a callable as trusted runs it in MLflow's loader; ours refuses it at both ends ------
+
+
+def leave_marker(path: str) -> None:
+    """The forged models' payload: any callable skops is told to trust runs at load; this one leaves a file."""
+    Path(path).write_text("the forged model's code ran")
+
+
+def forge(model_dir: Path, tmp_path: Path, *, in_mlmodel: bool = True, in_skops: bool = True) -> tuple[Path, Path]:
+    """A copy of the MLflow model directory whose model.skops calls `leave_marker` when loaded and/or whose MLmodel
+    lists it as a trusted type; and the marker file that call would leave."""
+    marker, forged = tmp_path / "marker", Path(shutil.copytree(model_dir, tmp_path / "forged"))
+    if in_skops:
+        skops_file = forged / "model.skops"
+        skops_file.write_bytes(forged_skops(skops_file.read_bytes(), __name__, "leave_marker", str(marker)))
+    if in_mlmodel:
+        (forged / "MLmodel").write_bytes(trusting((forged / "MLmodel").read_bytes(), f"{__name__}.leave_marker"))
+    return forged, marker
+
+
+FORGERIES = pytest.mark.parametrize("where", ["mlmodel", "skops", "both"])
+
+
+def forge_in(where: str, model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    return forge(model_dir, tmp_path, in_mlmodel=where != "skops", in_skops=where != "mlmodel")
+
+
+def test_the_trusted_types_are_exactly_what_our_model_needs(registered):
+    assert skops.io.get_untrusted_types(file=registered.model_dir / "model.skops") == list(TRUSTED_SKOPS_TYPES)
+    sklearn_flavor = mlflow.models.Model.load(str(registered.model_dir / "MLmodel")).flavors["sklearn"]
+    assert sklearn_flavor["skops_trusted_types"] == list(TRUSTED_SKOPS_TYPES)
+
+
+def test_the_forged_model_runs_its_code_under_mlflows_own_loader(registered, tmp_path):
+    """The attack is real: MLflow trusts the types the artifact's MLmodel lists (which is why we never call it)."""
+    forged, marker = forge(registered.model_dir, tmp_path)
+    mlflow.sklearn.load_model(str(forged))
+    assert marker.exists()
+
+
+@FORGERIES
+def test_a_forged_model_is_refused_at_publication_and_nothing_is_uploaded(backend, registered, tmp_path, where):
+    forged, marker = forge_in(where, registered.model_dir, tmp_path)
+    with pytest.raises(NexusRefused, match=rf"nba_propensity_credit_card/1/model.zip: .*{__name__}.leave_marker"):
+        publish_model(backend.nexus, registered.name, registered.version, forged, metadata_of(registered))
+    assert stored(backend) == {} and not marker.exists()
+
+
+def test_a_forged_model_planted_in_nexus_is_refused_at_load_and_never_runs(backend, registered, tmp_path):
+    """Someone with write access to Nexus replaces a published model.zip and its sidecar, and the release manifest
+    pins the forged bytes' sha256: every pin matches, the code still must not run."""
+    publish_model(backend.nexus, registered.name, registered.version, registered.model_dir, metadata_of(registered))
+    forged, marker = forge(registered.model_dir, tmp_path)
+    planted = package_model_unchecked(forged)
+    paths = nexus_paths(registered.name, registered.version)
+    backend.tamper(paths.model, planted)
+    backend.tamper(paths.model + ".sha256", hashlib.sha256(planted).hexdigest().encode())
+    pinned = deployment_of(registered, hashlib.sha256(planted).hexdigest())
+    with pytest.raises(DeploymentRefused, match=rf"credit_card champion .*: refused: .*{__name__}.leave_marker"):
+        load_verified(backend.nexus, pinned, tmp_path / "deploy")
+    assert not marker.exists()
+
+
+@FORGERIES
+def test_loading_a_forged_directory_is_refused_before_skops_runs(registered, tmp_path, where):
+    """The load-time check on its own, as for a model downloaded from the MLflow registry (registry.load)."""
+    forged, marker = forge_in(where, registered.model_dir, tmp_path)
+    with pytest.raises(UntrustedModel, match=rf"credit_card version 1: refused: .*{__name__}.leave_marker"):
+        load_model(forged, f"{registered.name} version 1")
+    assert not marker.exists()
+
+
+def test_our_model_published_with_its_real_metadata_loads_in_a_deployment(backend, registered, tmp_path):
+    metadata = version_metadata(registered.mlflow.client(), registered.name, registered.version,
+                                registered.model_dir)
+    assert metadata["reference_profile"]["features"] and metadata["signature"]
+    published = publish_model(backend.nexus, registered.name, registered.version, registered.model_dir, metadata)
+    deployment = deployment_of(registered, published["model_sha256"], published["metadata_sha256"])
+    x = prepare(registered.trained.validation)
+    model = load_verified(backend.nexus, deployment, tmp_path / "deploy")
+    np.testing.assert_array_equal(model.predict_proba(x), registered.trained.model.predict_proba(x))
+    assert reference_profile(backend.nexus, deployment) == registered.trained.reference_profile
+    registered.mlflow.activate()
+    from_registry = registry.load(registered.name, registered.version)
+    np.testing.assert_array_equal(from_registry.predict_proba(x), registered.trained.model.predict_proba(x))
+
+
+def deployment_of(model: Registered, model_sha256: str, metadata_sha256: str = "0" * 64) -> Deployment:
+    return Deployment("credit_card", "champion", model.name, model.version, model_sha256, metadata_sha256,
+                      "CHG0000001")
+
+
+def package_model_unchecked(model_dir: Path) -> bytes:
+    """A zip of the directory as an attacker writes it, without the policy `package_model` applies."""
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted(model_dir.iterdir()):
+            archive.write(file, file.name)
+    return buffer.getvalue()

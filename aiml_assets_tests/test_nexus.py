@@ -13,24 +13,28 @@ import io
 import json
 import pickle
 import stat
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import mlflow
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
 import skops.io
+import yaml
 from dagster import EnvVar, build_resources
 from nexus_server import NexusServer
 from sklearn.linear_model import LogisticRegression
 
+from aiml_assets.models.training import model_requirements
+from aiml_assets.resources.model_files import MAX_TEXT_BYTES
 from aiml_assets.resources.nexus import (
-    MAX_TEXT_BYTES,
     REQUIRED_METADATA_KEYS,
     HttpNexus,
     LocalNexus,
@@ -58,23 +62,51 @@ def zip_of(entries: dict[str, bytes], mode: int = stat.S_IFREG | 0o644) -> bytes
     return buffer.getvalue()
 
 
+FEATURES = pd.DataFrame({"tenure_days": [10.0, 200.0, 900.0, 3000.0], "spend_365d": [5.0, 50.0, 500.0, 5000.0]})
+
+
 def skops_model(c: float) -> bytes:
-    x = np.array([[0.0], [1.0], [2.0], [3.0]])
-    return skops.io.dumps(LogisticRegression(C=c).fit(x, [0, 0, 1, 1]))
+    return skops.io.dumps(LogisticRegression(C=c).fit(FEATURES, [0, 0, 1, 1]))
 
 
-MLMODEL = b"""flavors:
-  python_function: {loader_module: mlflow.sklearn, model_path: model.skops, predict_fn: predict}
-  sklearn: {pickled_model: model.skops, serialization_format: skops, sklearn_version: 1.9.1}
-mlflow_version: 3.17.2
-"""
-MODEL_FILES = {
-    "MLmodel": MLMODEL, "model.skops": skops_model(1.0), "requirements.txt": b"mlflow==3.17.2\nscikit-learn==1.9.1\n",
-    "conda.yaml": b"name: mlflow-env\ndependencies: [python=3.11]\n", "python_env.yaml": b"python: 3.11.7\n",
-    "input_example.json": b'{"columns": ["x", "y"], "data": [[1.0, NaN]]}',  # as MLflow writes a missing value
-}
+def mlflow_model_files() -> dict[str, bytes]:
+    """What MLflow writes for a small skops-serialized model of two of our feature columns, with our pins."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.sklearn.save_model(LogisticRegression(C=1.0).fit(FEATURES, [0, 0, 1, 1]), f"{tmp}/model",
+                                  serialization_format="skops", pip_requirements=model_requirements(),
+                                  input_example=FEATURES.iloc[:1])
+        return {path.name: path.read_bytes() for path in sorted(Path(tmp, "model").iterdir())}
+
+
+MODEL_FILES = mlflow_model_files()
+MLMODEL = MODEL_FILES["MLmodel"]
 MODEL = zip_of(MODEL_FILES)
 RETRAINED = zip_of({**MODEL_FILES, "model.skops": skops_model(0.1)})  # the same version, trained again
+
+
+def forged_skops(data: bytes, module: str, name: str, *args) -> bytes:
+    """The skops archive `data` with its top object's last attribute loaded by calling `module.name(*args)`: skops's
+    ConstructorFromReduceNode calls its type with its content, so whoever trusts that name runs it."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        files = {n: archive.read(n) for n in archive.namelist()}
+    schema = json.loads(files["schema.json"])
+    arguments = [{"__class__": type(a).__name__, "__module__": "builtins", "__loader__": "JsonNode",
+                  "content": json.dumps(a), "is_json": True, "__id__": 3 + i} for i, a in enumerate(args)]
+    attributes = schema["content"]["content"]  # replaced, not added: skops pairs the keys with a list of key types
+    attributes[list(attributes)[-1]] = {
+        "__class__": name, "__module__": module, "__loader__": "ConstructorFromReduceNode", "__id__": 1,
+        "content": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode", "__id__": 2,
+                    "content": arguments},
+    }
+    return zip_of({**files, "schema.json": json.dumps(schema).encode()})
+
+
+def trusting(mlmodel: bytes, *types: str) -> bytes:
+    """The MLmodel `mlmodel` also listing `types` as skops trusted types, as an attacker writes it."""
+    document = yaml.safe_load(mlmodel)
+    flavor = document["flavors"]["sklearn"]
+    flavor["skops_trusted_types"] = [*(flavor.get("skops_trusted_types") or []), *types]
+    return yaml.safe_dump(document).encode()
 
 
 def metadata(**overrides) -> bytes:
@@ -271,15 +303,18 @@ def entry(name: str, content: bytes, rule: str, id: str):
     entry("notes.md", b"# model card", "'notes.md' is not a file of an MLflow model directory", "unknown-entry"),
     entry("model.skops", PARQUET, "'model.skops' is Parquet data", "parquet-as-model"),
     entry("requirements.txt", b"mlflow\n" + PARQUET, "'requirements.txt' is Parquet data", "parquet-in-text"),
-    entry("input_example.json", CSV, "'input_example.json' is not a JSON input example", "csv-as-json"),
-    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0], [2.0]]}',
-          "'input_example.json' is not a JSON input example of at most 1 row", "customer-rows-as-example"),
-    entry("serving_input_example.json", b'{"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.0]]}}',
-          "'serving_input_example.json' is not a JSON input example", "customer-rows-as-serving-example"),
-    entry("requirements.txt", CSV, "'requirements.txt' is not pip requirements", "csv-as-requirements"),
-    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0]', "'input_example.json' is not a JSON input example",
+    entry("input_example.json", CSV, r"'input_example.json' is not an input example .*\(not UTF-8 JSON\)", "csv-as-json"),
+    entry("input_example.json", b'{"columns": ["spend_365d"], "data": [[1.0], [2.0]]}',
+          "'input_example.json' is not an input example of the feature columns and one row", "customer-rows-as-example"),
+    entry("serving_input_example.json", b'{"dataframe_split": {"columns": ["spend_365d"], "data": [[1.0], [2.0]]}}',
+          "'serving_input_example.json' is not a serving input example", "customer-rows-as-serving-example"),
+    entry("input_example.json", b'{"columns": ["spend_365d"], "data": []}', r"data.0: Field required", "no-row"),
+    entry("input_example.json", b'{"columns": ["spend_365d"], "data": [[1.0]], "index": [0]}',
+          "index: Extra inputs are not permitted", "extra-key-in-example"),
+    entry("requirements.txt", CSV, "'requirements.txt' line 1 is not name==version", "csv-as-requirements"),
+    entry("input_example.json", b'{"columns": ["x"], "data": [[1.0]', "'input_example.json' is not an input example",
           "truncated-json"),
-    entry("conda.yaml", CSV, "'conda.yaml' is not a YAML mapping", "csv-as-yaml"),
+    entry("conda.yaml", CSV, "'conda.yaml' is not MLflow's conda.yaml", "csv-as-yaml"),
     entry("MLmodel", b"flavours: {}", "'MLmodel' is not an MLmodel", "mlmodel-without-flavors"),
     entry("model.skops", CSV, "'model.skops' is not a skops archive", "csv-as-model"),
     entry("requirements.txt", b"x" * (MAX_TEXT_BYTES + 1), "'requirements.txt' is larger than", "oversized-entry"),
@@ -313,6 +348,103 @@ def test_a_pickled_model_is_refused_because_loading_a_pickle_runs_code(backend):
     assert backend.everything() == []
 
 
+# --- issue 13: customer rows in files a by-name policy lets through, code in a model that lists it as trusted -------
+
+CUSTOMERS = [f"C{i:08d}" for i in range(1, 2001)]
+PINNED_BALANCES = [f"{customer}==3100.0" for customer in CUSTOMERS]  # each parses as a pip requirement
+RECORDS = [{"customer_id": customer, "balance": 3100.0} for customer in CUSTOMERS[:500]]
+
+
+def with_changes(name: str, **changes) -> bytes:
+    """MLflow's YAML file `name` with top-level keys replaced or added."""
+    return yaml.safe_dump({**yaml.safe_load(MODEL_FILES[name]), **changes}).encode()
+
+
+def conda_pinning(extra: list[str]) -> bytes:
+    document = yaml.safe_load(MODEL_FILES["conda.yaml"])
+    document["dependencies"][-1]["pip"] += extra
+    return yaml.safe_dump(document).encode()
+
+
+def one_wide_row(columns: list[str]) -> dict:
+    return {"columns": columns, "data": [[3100.0] * len(columns)]}
+
+
+@pytest.mark.parametrize("name, content, rule", [
+    ("requirements.txt", "\n".join(["mlflow==3.17.2", *PINNED_BALANCES]).encode(),
+     "'requirements.txt' line 2 is not name==version of a package pinned in requirements.lock"),
+    ("requirements.txt", b"mlflow==3.17.2\nnumpy==1.0.0\n", "line 2 is not name==version of a package pinned"),
+    ("requirements.txt", b"mlflow>=3\n", "line 1 is not name==version"),
+    ("requirements.txt", b"mlflow==3.17.2\n# C00000001,3100.0\n", "line 2 is not name==version"),
+    ("conda.yaml", conda_pinning(PINNED_BALANCES), r"'conda.yaml' .*dependencies\.2\.pip\.6: not name==version"),
+    ("conda.yaml", with_changes("conda.yaml", customers=RECORDS), "customers: Extra inputs are not permitted"),
+    ("conda.yaml", with_changes("conda.yaml", channels=CUSTOMERS), "channels: Tuple should have at most 1 item"),
+    ("python_env.yaml", with_changes("python_env.yaml", dependencies=PINNED_BALANCES),
+     "'python_env.yaml' .*dependencies: Tuple should have at most 1 item"),
+    ("input_example.json", json.dumps(one_wide_row(CUSTOMERS)).encode(),
+     "'input_example.json' .*columns.0: not a feature column of the training set"),
+    ("serving_input_example.json", json.dumps({"dataframe_split": one_wide_row(CUSTOMERS)}).encode(),
+     "'serving_input_example.json' .*dataframe_split.columns.0: not a feature column"),
+    ("MLmodel", with_changes("MLmodel", metadata={"customers": RECORDS}), "metadata: Extra inputs are not permitted"),
+    ("MLmodel", with_changes("MLmodel", signature={"inputs": json.dumps(RECORDS), "outputs": "[]"}),
+     "signature.inputs.0.type: Field required"),
+    ("registered_model_meta", b"model_name: " + json.dumps(RECORDS).encode(), "model_name: Input should be a valid"),
+], ids=["requirements", "requirement-at-another-version", "requirement-range", "comment-in-requirements",
+        "conda-pip-list", "conda-extra-key", "conda-channels", "python-env-dependencies", "wide-input-example",
+        "wide-serving-example", "mlmodel-metadata", "mlmodel-signature", "registered-model-meta"])
+def test_customer_rows_in_a_model_file_are_refused_by_their_content(backend, name, content, rule):
+    refusal = refused(backend, PATH, zip_of({**MODEL_FILES, name: content}), rule)
+    assert "C00000500" not in str(refusal) and len(str(refusal)) < 800  # names the rule, never repeats the rows
+    assert backend.everything() == []
+
+
+def profile_of(features: dict) -> dict:
+    return {"bins": 10, "rows": 500, "features": features}
+
+
+@pytest.mark.parametrize("document, rule", [
+    pytest.param(metadata(metrics={"roc_auc": 0.7, **{c: 3100.0 for c in CUSTOMERS[:500]}}),
+                 "metrics.C00000001: Extra inputs are not permitted", id="records-as-metrics"),
+    pytest.param(metadata(training_data={"training_table": "aiml_local.lab.training_set", "rows": RECORDS}),
+                 "training_data.rows: Extra inputs are not permitted", id="records-in-training-data"),
+    pytest.param(metadata(reference_profile=profile_of(
+        {"region": {"kind": "categorical", "shares": {c: 1 / 500 for c in CUSTOMERS[:500]}}})),
+        r"reference_profile.features.region.categorical.shares: Dictionary should have at most 16 items",
+        id="records-as-categories"),
+    pytest.param(metadata(reference_profile=profile_of(
+        {c: {"kind": "numeric", "edges": [], "rows": 1, "shares": [1.0], "null_share": 0.0} for c in CUSTOMERS[:500]})),
+        "reference_profile.features.C00000001.\\[key\\]: not a feature column", id="records-as-features"),
+    pytest.param(metadata(reference_profile=profile_of(
+        {"spend_365d": {"kind": "numeric", "edges": [3100.0] * 500, "rows": 1, "shares": [1.0], "null_share": 0.0}})),
+        "edges: List should have at most 9 items", id="records-as-bin-edges"),
+    pytest.param(metadata(signature={"inputs": json.dumps(RECORDS), "outputs": "[]", "params": None}),
+                 "signature.inputs.0.type: Field required", id="records-as-signature"),
+    pytest.param(metadata(git_commit=json.dumps(RECORDS)), "git_commit: String should have at most 64 characters",
+                 id="records-as-a-string"),
+])
+def test_customer_records_in_metadata_are_refused(backend, document, rule):
+    backend.nexus.publish(PATH, MODEL)
+    refusal = refused(backend, META_PATH, document, rule)
+    assert "C00000500" not in str(refusal) and len(str(refusal)) < 800
+
+
+POPEN = ("subprocess", "Popen", ["touch", "/tmp/aiml-should-never-exist"])
+
+
+@pytest.mark.parametrize("files, rule", [
+    pytest.param({"MLmodel": trusting(MLMODEL, "subprocess.Popen")},
+                 "'MLmodel' .*skops_trusted_types: asks skops to trust subprocess.Popen; only sklearn", id="mlmodel"),
+    pytest.param({"model.skops": forged_skops(MODEL_FILES["model.skops"], *POPEN)},
+                 "'model.skops' would construct subprocess.Popen", id="skops"),
+    pytest.param({"MLmodel": trusting(MLMODEL, "subprocess.Popen"),
+                  "model.skops": forged_skops(MODEL_FILES["model.skops"], *POPEN)}, "subprocess.Popen", id="both"),
+])
+def test_a_model_asking_skops_to_trust_other_types_is_refused(backend, files, rule):
+    refusal = refused(backend, PATH, zip_of({**MODEL_FILES, **files}), rule)
+    assert NAME in str(refusal)  # the model, so the product
+    assert backend.everything() == []
+
+
 @pytest.mark.parametrize("path", [
     "nba_propensity/credit_card/1.4.0/model.pkl", f"models/{NAME}/{VERSION}/model.pkl",
     f"models/{NAME}/{VERSION}/train.parquet", f"models/{NAME}/{VERSION}/sub/model.zip", f"models/{NAME}/model.zip",
@@ -332,17 +464,17 @@ def test_paths_outside_the_model_layout_are_refused(backend, path):
     pytest.param(metadata(name="aiml_local.models.nba_propensity_mortgage"), f"not '{NAME}' version 3",
                  id="other-name"),
     pytest.param(metadata(version=VERSION + 1), "version 4, not .* version 3 as its path says", id="other-version"),
-    pytest.param(metadata(version=str(VERSION)), "version '3', not", id="version-as-string"),
-    pytest.param(metadata(version=True), "version True, not", id="version-as-bool"),
-    pytest.param(metadata(version=float(VERSION)), "version 3.0, not", id="version-as-float"),
-    pytest.param(metadata(model_sha256="not-a-digest"), "model_sha256 is not a hex sha256", id="bad-digest"),
+    pytest.param(metadata(version=str(VERSION)), "version: Input should be a valid integer", id="version-as-string"),
+    pytest.param(metadata(version=True), "version: Input should be a valid integer", id="version-as-bool"),
+    pytest.param(metadata(version=float(VERSION)), "version: Input should be a valid integer", id="version-as-float"),
+    pytest.param(metadata(model_sha256="not-a-digest"), "model_sha256: String should match pattern", id="bad-digest"),
     pytest.param(metadata(model_sha256=hashlib.sha256(RETRAINED).hexdigest()),
                  "is not the published sha256 of .*model.zip", id="another-models-digest"),
     pytest.param(metadata(metrics={"roc_auc": float("nan")}), "not UTF-8 JSON", id="nan"),
     pytest.param(json.dumps([NAME, VERSION]).encode(), "not a JSON object", id="not-an-object"),
     pytest.param(METADATA.decode().encode("utf-16"), "not UTF-8 JSON", id="utf-16"),
     pytest.param(metadata(notes="x" * MAX_TEXT_BYTES), "larger than", id="oversized"),
-    pytest.param(metadata(validation_rows=[["C00000001", 1]]), r"keys outside .*: \['validation_rows'\]",
+    pytest.param(metadata(validation_rows=[["C00000001", 1]]), "validation_rows: Extra inputs are not permitted",
                  id="data-riding-in-metadata"),
     pytest.param(PARQUET, "not UTF-8 JSON", id="parquet"),
 ])

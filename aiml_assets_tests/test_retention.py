@@ -1,6 +1,7 @@
 """Perishable storage: the retention purge on local folders and on a versioned S3 bucket (a moto server, which
 delta-rs reaches over HTTP like real S3), with an injected clock: moto never expires anything by itself."""
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import pyarrow as pa
@@ -19,6 +21,7 @@ from aiml_assets.governance.retention import cutoff, destroy_noncurrent, past_re
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.storage import LocalStorage, S3Storage
 from aiml_assets.resources.tables import DeltaRsTables
+from aiml_assets.sql_identifiers import UnsafeSqlValue
 
 RETENTION = 90
 TABLE = "customer_features"
@@ -155,3 +158,40 @@ def test_local_age_is_the_files_write_time(tmp_path):
         "exports/aged.csv"]
     run_purge(storage, datetime.now(timezone.utc))
     assert list(storage.versions("lab")) == []
+
+
+def hostile_log(storage, directory: str) -> str:
+    """A snapshot whose data file is under `directory`, as its Delta log says (a log is only data in the bucket:
+    anyone who can write there can write one); returns the table's location."""
+    write_snapshot(storage, "2024-11-01", ["c1"])
+    location = storage.uri("lab", TABLE)
+    Path(location, "snapshot_date=2024-11-01").rename(Path(location, directory))
+    commit = next(Path(location, "_delta_log").glob("*.json"))
+    hostile = json.dumps(f"{directory}/")[:-1]  # the opening quote and the directory, JSON-escaped
+    commit.write_text(commit.read_text().replace('"path":"snapshot_date=2024-11-01/', f'"path":{hostile}'))
+    return location
+
+
+@pytest.mark.parametrize(("directory", "refusal"), [
+    ("snapshot_date=2024-11-01' OR '1'='1", r"partition snapshot_date: .* is not an ISO date: expected YYYY-MM-DD"),
+    ("snapshot_date=2024-11-01\\' OR true --", r"partition snapshot_date: .* is not an ISO date"),
+    ("snapshot_date=31-11-2024", r"partition snapshot_date: '31-11-2024' is not an ISO date"),
+    ("1=1) OR (snapshot_date=2024-11-01", r"partition column: '1' is not a plain SQL identifier"),
+    ("snapshot_date`=2024-11-01", r"partition column: 'snapshot_date`' is not a plain SQL identifier"),
+    ("customer_id=c1", r"partition column 'customer_id' is not a partition column of the asset tables "
+                       r"\(snapshot_date\)"),
+])
+def test_a_hostile_partition_in_the_delta_log_is_refused_before_any_delete(tmp_path, directory, refusal):
+    storage = LocalStorage(home=str(tmp_path), buckets={"lab": "buckets/lab"})
+    location = hostile_log(storage, directory)
+    before = sorted((v.key, v.version_id) for v in storage.versions("lab") if "_delta_log" not in v.key)
+    aged = (datetime.now(timezone.utc) - timedelta(days=RETENTION + 1)).timestamp()
+    for version in storage.versions("lab"):  # the data file past retention, its log (just rewritten) within it
+        if "_delta_log" not in version.key:
+            os.utime(storage.uri("lab", version.key), (aged, aged))
+
+    with pytest.raises(UnsafeSqlValue, match=rf"^{TABLE}: data file .* in the Delta log: {refusal}"):
+        run_purge(storage, datetime.now(timezone.utc))
+
+    assert DeltaTable(location).version() == 0  # no DELETE committed
+    assert sorted((v.key, v.version_id) for v in storage.versions("lab") if "_delta_log" not in v.key) == before

@@ -66,12 +66,26 @@ def _broken(tmp_path: Path, env: str, **changes) -> Path:
         ("prod", {"publication": None}, r"publication, storage\.buckets\.publication: required"),
         ("prod", {"inference__canary_share": 0.9}, r"inference\.canary_share: Input should be less than or equal to 0\.5"),
         ("prod", {"lockdown": None}, r"lockdown: required in prod"),
+        ("uat", {"lockdown": None}, r"lockdown: required in uat"),
         ("prod", {"inference__deploys_from": "uat"}, r"prod deploys from its own release manifest, not uat's"),
         ("uat", {"inference__drift__warn_psi": 0.3}, r"warn_psi 0\.3 must be below fail_psi 0\.25"),
         ("lab", {"storage__perishable": ["audit"]}, r"perishable: 'audit' is not a bucket of this environment"),
         ("uat", {"storage__perishable": []}, r"perishable, retention_days: a retention needs the buckets"),
         ("prod", {"storage__perishable": ["scoring"]}, r"perishable, retention_days"),
         ("lab", {"storage__perishable": ["scoring"]}, r"perishable: 'scoring' is not a bucket"),
+        # values that end up in Unity Catalog SQL text, with a backtick or a quote that would break out of its quoting
+        ("prod", {"publication__owner": "aiml-data-product-owners` ; GRANT ALL PRIVILEGES ON CATALOG edp TO `users"},
+         r"publication\.owner: .*not a catalog principal: expected letters, digits and \. _ @ \+ -"),
+        ("prod", {"publication__tenant_groups": ["edp-tenant-marketing", "edp-tenant-digital'"]},
+         r"publication\.tenant_groups\.1: .*not a catalog principal"),
+        ("local", {"publication__tenant_groups": ["account users"]}, r"publication\.tenant_groups\.0: .*principal"),
+        ("lab", {"catalog__table_owner": 'aiml-engineers"'}, r"catalog\.table_owner: .*not a catalog principal"),
+        ("prod", {"storage__buckets__publication": "s3://buk-aiml-prod/cdp' LOCATION 's3://elsewhere"},
+         r"storage: .*buckets\.publication: .* is not an S3 location: expected s3://<bucket>"),
+        ("uat", {"storage__buckets__scoring": "s3://buk-aiml-uat`"}, r"buckets\.scoring: .* is not an S3 location"),
+        ("lab", {"storage__buckets__lab": "s3://buk-aiml-lab/../buk-aiml-prod"}, r"buckets\.lab: .*not an S3 location"),
+        ("local", {"storage__buckets__lab": "buckets/`lab`"},
+         r"buckets\.lab: .* is not a folder under the AIML home: expected a relative path"),
     ],
 )
 def test_bad_field_names_file_field_and_expectation(tmp_path, env, change, expected):
@@ -95,3 +109,4 @@ def test_not_a_mapping(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(SettingsError, match="expected a mapping of settings at the top level"):
         parse_settings(path)
+

@@ -376,7 +376,7 @@ def test_lab_asset_runs_on_databricks_through_the_step_launcher(lab_env, fake_da
     with zipfile.ZipFile(fake.dbfs.local(f"{step_dir}/code.zip")) as bundle:
         names = set(bundle.namelist())
     assert {"aiml_assets/__init__.py", "resources/lab.yaml", f"deployments/databricks/{db.cluster_spec}"} <= names
-    assert "pyproject.toml" in names
+    assert {"pyproject.toml", "requirements.lock"} <= names
     assert not [n for n in names if n.startswith((".venv/", "aiml_assets_tests/", ".git/")) or "__pycache__" in n]
 
     # -- the step's events, replayed into the run ----------------------------------------------------------------------

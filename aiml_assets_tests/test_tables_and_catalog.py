@@ -1,11 +1,13 @@
 """Delta tables through delta-rs with Spark computing, and the local catalog that names them."""
 
+import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import functions as F
 
 from aiml_assets.resources.catalog import CatalogError, LocalCatalog
 from aiml_assets.resources.tables import DeltaRsTables, TableWriteError
+from aiml_assets.sql_identifiers import UnsafeSqlValue
 
 
 def _snapshot(spark, snapshot: str, rows: int, offset: int = 0):
@@ -110,3 +112,18 @@ def test_catalog_names_are_three_level(tmp_path, name):
 def test_unregistered_name_is_a_clear_error(tmp_path):
     with pytest.raises(CatalogError, match="edp.fdp.customers is not registered in the local catalog"):
         LocalCatalog(home=str(tmp_path)).location("edp.fdp.customers")
+
+
+@pytest.mark.parametrize(("partition", "refusal"), [
+    ({"snapshot_date": "2024-11-01' OR '1'='1"}, r"^partition snapshot_date: .* is not a plain partition value"),
+    ({"snapshot_date = snapshot_date OR snapshot_date": "x"}, r"^partition column: .* is not a plain SQL identifier"),
+])
+def test_a_hostile_partition_is_refused_before_the_local_delete(table, partition, refusal):
+    write_deltalake(table, pa.table({"id": [1, 2], "snapshot_date": ["2024-11-01", "2024-12-01"]}),
+                    partition_by=["snapshot_date"])
+    tables = DeltaRsTables(write_roots=[table])
+    with pytest.raises(UnsafeSqlValue, match=refusal):
+        tables.delete_partitions(table, [partition], run_id="run-1")
+    assert DeltaTable(table).version() == 0
+    assert tables.delete_partitions(table, [{"snapshot_date": "2024-11-01"}], run_id="run-1") == 1
+    assert DeltaTable(table).to_pyarrow_table().column("snapshot_date").to_pylist() == ["2024-12-01"]

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from aiml_assets.resources.catalog import UnityCatalog
+from aiml_assets.sql_identifiers import UnsafeSqlValue
 
 
 class RecordingSpark:
@@ -28,6 +29,7 @@ def unity(monkeypatch):
     return with_session
 
 
+VIEW = "`edp`.`cdp`.`nba_propensity`"
 PUBLISH = dict(version_id="0123456789abcdef", owner="aiml-data-product-owners", comment="NBA propensity",
                properties={"classification": "confidential"}, read_grants=["edp-tenant-marketing"])
 
@@ -36,29 +38,28 @@ def test_the_first_publication_creates_the_view_its_owner_and_its_grants(unity):
     catalog, spark = unity()
     catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v1", **PUBLISH)
     sql = spark.statements
-    version = "edp.cdp.nba_propensity__v_0123456789abcdef"
+    version = "`edp`.`cdp`.`nba_propensity__v_0123456789abcdef`"
     assert sql[0] == f"CREATE TABLE IF NOT EXISTS {version} USING DELTA LOCATION 's3://buk-aiml-prod/cdp/v1'"
     assert f"GRANT SELECT ON TABLE {version} TO `aiml-data-product-owners`" in sql  # the view reads as its owner
-    assert f"CREATE VIEW edp.cdp.nba_propensity AS SELECT * FROM {version}" in sql
-    assert "ALTER VIEW edp.cdp.nba_propensity OWNER TO `aiml-data-product-owners`" in sql
-    assert "GRANT SELECT ON TABLE edp.cdp.nba_propensity TO `edp-tenant-marketing`" in sql
+    assert f"CREATE VIEW {VIEW} AS SELECT * FROM {version}" in sql
+    assert f"ALTER VIEW {VIEW} OWNER TO `aiml-data-product-owners`" in sql
+    assert f"GRANT SELECT ON TABLE {VIEW} TO `edp-tenant-marketing`" in sql
     assert not any("edp-tenant" in s and version in s for s in sql)  # tenants never get the version tables
-    assert '"cdp_version" = "0123456789abcdef"' in sql[-1] and '"classification" = "confidential"' in sql[-1]
+    assert "'cdp_version' = '0123456789abcdef'" in sql[-1] and "'classification' = 'confidential'" in sql[-1]
 
 
 def test_a_later_publication_switches_the_view_in_one_statement_and_keeps_owner_and_grants(unity):
     catalog, spark = unity(existing={"edp.cdp.nba_propensity"})
     catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v2", **PUBLISH)
-    switches = [s for s in spark.statements if "nba_propensity AS SELECT" in s]
-    assert switches == ["ALTER VIEW edp.cdp.nba_propensity AS SELECT * FROM "
-                        "edp.cdp.nba_propensity__v_0123456789abcdef"]
+    switches = [s for s in spark.statements if f"{VIEW} AS SELECT" in s]
+    assert switches == [f"ALTER VIEW {VIEW} AS SELECT * FROM `edp`.`cdp`.`nba_propensity__v_0123456789abcdef`"]
     assert not any("CREATE OR REPLACE" in s or "OWNER TO" in s for s in spark.statements)
 
 
 def test_registration_sets_the_owner_only_when_it_creates_the_table(unity):
     catalog, spark = unity()
     catalog.register("aiml_prod.inference.propensity_scores", "s3://x/t", owner="aiml-engineers", comment="c")
-    assert "ALTER TABLE aiml_prod.inference.propensity_scores SET OWNER TO `aiml-engineers`" in spark.statements
+    assert "ALTER TABLE `aiml_prod`.`inference`.`propensity_scores` SET OWNER TO `aiml-engineers`" in spark.statements
     catalog, spark = unity(existing={"aiml_prod.inference.propensity_scores"})
     catalog.register("aiml_prod.inference.propensity_scores", "s3://x/t", owner="aiml-engineers", comment="c")
     assert not any("OWNER" in s or s.startswith("CREATE") for s in spark.statements)
@@ -101,8 +102,8 @@ def test_the_purge_deletes_expired_partitions_in_one_databricks_commit_tagged_wi
     assert tables.delete_partitions(LAB, [{"snapshot_date": "2024-11-01"}, {"snapshot_date": "2024-12-01"}],
                                     run_id="run-9") == 7
     assert spark.statements[0] == "SET spark.databricks.delta.commitInfo.userMetadata=run-9"
-    assert spark.statements[1] == (f"DELETE FROM delta.`{LAB}` WHERE (snapshot_date = '2024-11-01') OR "
-                                   "(snapshot_date = '2024-12-01')")
+    assert spark.statements[1] == (f"DELETE FROM delta.`{LAB}` WHERE (`snapshot_date` = '2024-11-01') OR "
+                                   "(`snapshot_date` = '2024-12-01')")
     assert spark.statements[2] == "UNSET spark.databricks.delta.commitInfo.userMetadata"
 
 
@@ -124,3 +125,72 @@ def test_checkpointing_sets_the_interval_once(delta_spark, properties, altered):
     SparkDeltaTables(write_roots=["s3://buk-aiml-lab"]).checkpoint(LAB)
     alter = f"ALTER TABLE delta.`{LAB}` SET TBLPROPERTIES ('delta.checkpointInterval' = '1')"
     assert (alter in spark.statements) is altered
+
+
+# Each breaks out of its quoting in the statements as they were built before: `...` for principals, '...' for
+# LOCATION, delta.`...` for paths
+HOSTILE_PUBLICATIONS = [
+    ("owner", {"owner": "aiml-data-product-owners` ; GRANT ALL PRIVILEGES ON CATALOG edp TO `account users"}),
+    ("read_grants", {"read_grants": ["edp-tenant-marketing", "account users"]}),
+    ("read_grants", {"read_grants": ["edp-tenant-marketing`; DROP TABLE edp.cdp.nba_propensity; --"]}),
+]
+
+
+@pytest.mark.parametrize(("field", "hostile"), HOSTILE_PUBLICATIONS)
+def test_a_hostile_owner_or_tenant_group_is_refused_before_any_statement(unity, field, hostile):
+    catalog, spark = unity()
+    with pytest.raises(UnsafeSqlValue, match=rf"^{field}: .* is not a catalog principal: expected letters"):
+        catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v1", **{**PUBLISH, **hostile})
+    assert spark.statements == []
+
+
+@pytest.mark.parametrize("location", ["s3://buk-aiml-prod/cdp/v1' LOCATION 's3://elsewhere",
+                                      "s3://buk-aiml-prod/cdp/v1`", "s3://buk-aiml-prod/../edp", "/dbfs/tmp/t"])
+def test_a_hostile_location_is_refused_before_any_statement(unity, location):
+    catalog, spark = unity()
+    with pytest.raises(UnsafeSqlValue, match=r"^location: .* is not an S3 location: expected s3://<bucket>"):
+        catalog.publish("edp.cdp.nba_propensity", location, **PUBLISH)
+    with pytest.raises(UnsafeSqlValue, match=r"^location: .* is not an S3 location"):
+        catalog.register("aiml_prod.inference.propensity_scores", location, owner="aiml-engineers")
+    assert spark.statements == []
+
+
+def test_a_hostile_table_owner_is_refused_even_when_the_table_exists(unity):
+    catalog, spark = unity(existing={"aiml_prod.inference.propensity_scores"})
+    with pytest.raises(UnsafeSqlValue, match=r"^owner: 'aiml-engineers`' is not a catalog principal"):
+        catalog.register("aiml_prod.inference.propensity_scores", "s3://x/t", owner="aiml-engineers`")
+    assert spark.statements == []
+
+
+def test_comments_and_properties_are_escaped_string_literals(unity):
+    catalog, spark = unity(existing={"aiml_prod.inference.propensity_scores"})
+    catalog.register("aiml_prod.inference.propensity_scores", "s3://x/t", owner="aiml-engineers",
+                     comment="O'Brien's \\' scores", properties={"source": "x' = 'y"})
+    assert spark.statements == [
+        "COMMENT ON TABLE `aiml_prod`.`inference`.`propensity_scores` IS 'O\\'Brien\\'s \\\\\\' scores'",
+        "ALTER TABLE `aiml_prod`.`inference`.`propensity_scores` SET TBLPROPERTIES ('source' = 'x\\' = \\'y')"]
+
+
+@pytest.mark.parametrize(("partition", "refusal"), [
+    ({"snapshot_date": "2024-11-01' OR '1'='1"}, r"^partition snapshot_date: .* is not a plain partition value"),
+    ({"snapshot_date": "2024-11-01\\' OR true --"}, r"^partition snapshot_date: .* is not a plain partition value"),
+    ({"1=1) OR (snapshot_date": "2024-11-01"}, r"^partition column: '1=1\) OR \(snapshot_date' is not a plain SQL"),
+    ({"snapshot_date`": "2024-11-01"}, r"^partition column: 'snapshot_date`' is not a plain SQL identifier"),
+])
+def test_a_hostile_partition_is_refused_before_the_databricks_delete(delta_spark, partition, refusal):
+    from aiml_assets.resources.tables import SparkDeltaTables
+
+    spark = delta_spark()
+    tables = SparkDeltaTables(write_roots=["s3://buk-aiml-lab"])
+    with pytest.raises(UnsafeSqlValue, match=refusal):
+        tables.delete_partitions(LAB, [{"snapshot_date": "2024-12-01"}, partition], run_id="run-9")
+    assert spark.statements == []  # not even the commit metadata was set
+
+
+def test_a_hostile_path_is_refused_before_the_databricks_vacuum(delta_spark):
+    from aiml_assets.resources.tables import SparkDeltaTables
+
+    spark = delta_spark()
+    with pytest.raises(UnsafeSqlValue, match=r"^location: .* is not an S3 location"):
+        SparkDeltaTables(write_roots=["s3://buk-aiml-lab"]).vacuum(f"{LAB}` RETAIN 0 HOURS --", retain_hours=168)
+    assert spark.statements == []

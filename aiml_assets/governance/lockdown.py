@@ -1,56 +1,110 @@
-"""Prod lockdown: prod runs only what a schedule, a sensor, or the CI service principal under an approved change
-request started. Anything else (a run launched by hand from the UI or the CLI, a backfill) is refused by the
-executor before any step runs, with the reason in the run's failure.
-
-Who launched a run is read from its tags: Dagster's daemon sets `dagster/schedule_name` and `dagster/sensor_name`,
-and the GitLab prod job sets `aiml/requested_by` and `aiml/change_request`. OSS Dagster lets whoever can launch a
-run set tags too, so this stops runs launched by accident or habit; it is not access control. That is the prod
-webserver's (read-only, no launch permission for people) and the workspace's.
+"""Every environment's executor refuses, before any step, a run whose config sets anything but declared op config.
+A locked environment's (UAT, prod) also refuses a run unless the instance's records and a key prove who launched
+it: a schedule or sensor tick of this instance that lists the run (launch_provenance) and that schedule's or sensor's
+signature (signed_schedules), or a launch CI signed under an approved change for this release (launch_signature,
+ci_launch); each signature runs once, which the append-only audit log remembers. Or a break-glass grant in force
+(break_glass). Re-executions and backfills prove none of these, so they are refused. The reason is in the run's
+failure; every refusal, signed run and break-glass run is in the audit log.
 """
 
-from dagster import Executor, ExecutorDefinition
+from __future__ import annotations
 
-from aiml_assets.models.promotion import CHANGE_REQUEST
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from dagster import DagsterInstance, DagsterRun, Executor, ExecutorDefinition
+
+from aiml_assets.governance import break_glass
+from aiml_assets.governance.audit import AuditLog, actor_of
+from aiml_assets.governance.launch_provenance import claimed_instigator, tick_refusal
+from aiml_assets.governance.launch_signature import (CHANGE_REQUEST_TAG, CI_ORIGIN, REQUESTED_BY_TAG, SIGNATURE_TAG,
+                                                     signature_refusal, signing_key)
+from aiml_assets.governance.registers import RegisterError
+from aiml_assets.provenance import shipped_release
 from aiml_assets.settings import LockdownSettings
 
-UNATTENDED_TAGS = ("dagster/schedule_name", "dagster/sensor_name")
-REQUESTED_BY_TAG, CHANGE_REQUEST_TAG = "aiml/requested_by", "aiml/change_request"
+ALLOWED_RUN_CONFIG = frozenset({"ops"})  # the declared run parameters: the assets' and ops' Config
+RUN_REFUSED, RUN_ACCEPTED, BREAK_GLASS_RUN = "run_refused", "run_accepted", "break_glass_run"  # audit actions
 
 
 class ProdLocked(RuntimeError):
-    """A run that prod must not execute; nothing ran."""
+    """A run that a locked environment must not execute; nothing ran."""
 
 
 class ResourceOverrideRefused(RuntimeError):
-    """A run whose config re-points where data goes or what records it; nothing ran."""
+    """A run whose config sets what only the environment's code sets; nothing ran."""
 
 
-# Where data is read and written, and what records it: set per environment in code, never by a run's config (which
-# whoever launches a run can write, and which would otherwise override these resources' settings)
-GUARDED_RESOURCES = frozenset({"storage", "tables", "catalog", "audit", "release_manifest", "nexus", "mlflow"})
-
-
-def overridden_resources(run_config: dict | None) -> list[str]:
-    return sorted(set((run_config or {}).get("resources") or {}) & GUARDED_RESOURCES)
-
-
-def refusal(tags: dict[str, str], lockdown: LockdownSettings) -> str | None:
-    """Why a run with these tags must not run in a locked environment, or None if it may."""
-    if any(tags.get(tag) for tag in UNATTENDED_TAGS):
+def run_config_refusal(run_config: dict | None) -> str | None:
+    """Why a run's config must not run: it sets resources, executor, loggers or anything else but op config."""
+    set_keys = sorted(key for key, value in (run_config or {}).items() if key not in ALLOWED_RUN_CONFIG and value)
+    if not set_keys:
         return None
-    requested_by, change_request = tags.get(REQUESTED_BY_TAG, ""), tags.get(CHANGE_REQUEST_TAG, "").strip()
-    if requested_by == lockdown.ci_principal:
-        if CHANGE_REQUEST.fullmatch(change_request):
-            return None
-        return (f"{lockdown.ci_principal} launched it without an approved change request id "
-                f"({CHANGE_REQUEST_TAG}={change_request!r}, expected CHG + 7 digits)")
-    who = f"{REQUESTED_BY_TAG}={requested_by!r}" if requested_by else "no schedule, sensor or CI tags"
-    return f"it was not started by a schedule, a sensor, or {lockdown.ci_principal} with a change request ({who})"
+    resources = sorted((run_config or {}).get("resources") or {})
+    return (f"its config sets {', '.join(set_keys)}" + (f" ({', '.join(resources)})" if resources else "")
+            + "; a run may set only op config (ops:), the rest only the environment's code sets")
+
+
+@dataclass(frozen=True)
+class LaunchPolicy:
+    """What a locked environment accepts; the defaults are the deployment's, tests replace the clock and files."""
+
+    lockdown: LockdownSettings
+    release: Callable[[], str | None] = shipped_release
+    grants: Path = break_glass.REGISTER
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def signature_refusal(self, origin: str, run: DagsterRun, now: datetime) -> str | None:
+        return signature_refusal(origin=origin, job=run.job_name, tags=dict(run.tags), run_config=run.run_config,
+                                 key=signing_key(self.lockdown.signing_key_env),
+                                 release=self.release() if origin == CI_ORIGIN else None, now=now,
+                                 max_term=timedelta(minutes=self.lockdown.max_signature_minutes))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    refusal: str | None
+    origin: str = ""  # ci, schedule:<name>, sensor:<name>, break_glass
+    change_request: str | None = None
+    details: dict = field(default_factory=dict)
+
+
+def launch_verdict(instance: DagsterInstance, run: DagsterRun, policy: LaunchPolicy, environment: str) -> Verdict:
+    """Whether the run's launch is proven, before the replay check (which needs the audit log)."""
+    tags, now = dict(run.tags), policy.clock()
+    if grant_id := tags.get(break_glass.GRANT_TAG, "").strip():
+        try:
+            grant, reason = break_glass.grant_refusal(grant_id, tags, environment, now, policy.grants)
+        except RegisterError as exc:
+            return Verdict(f"break-glass grant {grant_id!r} refused: {exc}", "break_glass")
+        details = {"grant": grant.id, "incident": grant.incident, "reason": grant.reason} if grant else {}
+        return Verdict(reason, "break_glass", details=details)
+    if parent := run.parent_run_id:
+        return Verdict(f"it re-executes run {parent}; re-executions prove no schedule, sensor or CI launch, and CI "
+                       "re-runs a partition as a new signed launch")
+    if backfill := tags.get("dagster/backfill"):
+        return Verdict(f"it is part of backfill {backfill}; backfills in {environment} are CI's signed launches")
+    if claimed := claimed_instigator(tags):
+        origin = f"{claimed[1].value.lower()}:{claimed[0]}"
+        reason = tick_refusal(instance, run, policy.lockdown.tick_wait_seconds) or policy.signature_refusal(
+            origin, run, now)
+        return Verdict(reason, origin)
+    if SIGNATURE_TAG in tags or tags.get(REQUESTED_BY_TAG) == policy.lockdown.ci_principal:
+        ci, change_request = policy.lockdown.ci_principal, tags.get(CHANGE_REQUEST_TAG)
+        if tags.get(REQUESTED_BY_TAG) != ci:
+            return Verdict(f"it carries a launch signature but {REQUESTED_BY_TAG} is not {ci}", CI_ORIGIN)
+        reason = policy.signature_refusal(CI_ORIGIN, run, now)
+        return Verdict(reason and f"{ci}'s launch refused: {reason}", CI_ORIGIN, change_request)
+    who = f"{REQUESTED_BY_TAG}={tags[REQUESTED_BY_TAG]!r}" if tags.get(REQUESTED_BY_TAG) else "no launch tags"
+    return Verdict(f"no schedule or sensor tick of this instance, signed CI launch or break-glass grant started it "
+                   f"({who})")
 
 
 class _GuardedExecutor(Executor):
-    def __init__(self, inner: Executor, lockdown: LockdownSettings | None, environment: str):
-        self._inner, self._lockdown, self._environment = inner, lockdown, environment
+    def __init__(self, inner: Executor, environment: str, policy: LaunchPolicy | None, audit: AuditLog | None):
+        self._inner, self._environment, self._policy, self._audit = inner, environment, policy, audit
 
     @property
     def retries(self):
@@ -58,25 +112,76 @@ class _GuardedExecutor(Executor):
 
     def execute(self, plan_context, execution_plan):
         run = plan_context.dagster_run
-        if overrides := overridden_resources(run.run_config):
-            raise ResourceOverrideRefused(f"run {run.run_id} of {run.job_name} refused before any step ran: its config "
-                                          f"overrides the {', '.join(overrides)} resources, which only "
-                                          f"resources/{self._environment}.yaml sets")
-        reason = refusal(dict(run.tags), self._lockdown) if self._lockdown else None
-        if reason:
-            raise ProdLocked(f"{self._environment} is locked against runs launched by hand: run {run.run_id} of "
-                             f"{run.job_name} refused before any step ran: {reason}")
+        refused = f"run {run.run_id} of {run.job_name} refused before any step ran"
+        if reason := run_config_refusal(run.run_config):
+            unrecorded = self._record(RUN_REFUSED, run, details={"reason": reason})
+            raise ResourceOverrideRefused(f"{refused}: {reason}{unrecorded}")
+        if self._policy is not None:
+            verdict = launch_verdict(plan_context.instance, run, self._policy, self._environment)
+            if verdict.refusal is None and verdict.origin != "break_glass":
+                verdict = self._first_use(run, verdict)
+            if verdict.refusal:
+                unrecorded = self._record(RUN_REFUSED, run, verdict.change_request,
+                                          {"reason": verdict.refusal, "origin": verdict.origin, **verdict.details})
+                raise ProdLocked(f"{self._environment} is locked against runs launched by hand: {refused}: "
+                                 f"{verdict.refusal}{unrecorded}")
+            if verdict.origin == "break_glass":  # audited before anything runs, or nothing runs
+                if unrecorded := self._record(BREAK_GLASS_RUN, run, details=verdict.details):
+                    raise ProdLocked(f"{refused}: a break-glass run must be audited first{unrecorded}")
         yield from self._inner.execute(plan_context, execution_plan)
 
+    def _first_use(self, run: DagsterRun, verdict: Verdict) -> Verdict:
+        """`verdict`, or a refusal if its signature was accepted before: a signed launch runs once. The audit log, not
+        run storage (where a run can be deleted), remembers; of two runs racing with one signature, the first
+        recorded wins."""
+        signature = run.tags[SIGNATURE_TAG]
 
-def locked(inner: ExecutorDefinition, lockdown: LockdownSettings | None, environment: str) -> ExecutorDefinition:
-    """`inner`, refusing before any step a run that overrides a guarded resource and, with a `lockdown`, a run that
-    `refusal` names."""
+        def acceptances() -> list[dict]:
+            events = [e for e in self._audit.read(RUN_ACCEPTED) if e["details"].get("signature") == signature]
+            return sorted(events, key=lambda e: (e["recorded_at"], e["event_id"]))
+
+        try:
+            if earlier := acceptances():
+                return Verdict(f"its launch signature was accepted before, for run {earlier[0]['run_id']}: a signed "
+                               "launch runs once", verdict.origin, verdict.change_request)
+            event = self._audit.record(RUN_ACCEPTED, run.job_name, actor=actor_of(run.tags),
+                                       environment=self._environment, run_id=run.run_id,
+                                       change_request=verdict.change_request,
+                                       details={"origin": verdict.origin, "signature": signature})
+            first = acceptances()[0]
+        except Exception as exc:  # noqa: BLE001 (no record, no run)
+            return Verdict(f"its acceptance could not be audited: {type(exc).__name__}: {exc}", verdict.origin,
+                           verdict.change_request)
+        if first["event_id"] != event["event_id"]:
+            return Verdict(f"run {first['run_id']} was accepted with the same launch signature at the same time",
+                           verdict.origin, verdict.change_request)
+        return verdict
+
+    def _record(self, action: str, run: DagsterRun, change_request: str | None = None,
+                details: dict | None = None) -> str:
+        """Append the audit event; "" once recorded, else why it could not be (said in the refusal, never lost)."""
+        if self._audit is None:
+            return ""
+        try:
+            self._audit.record(action, run.job_name, actor=actor_of(run.tags), environment=self._environment,
+                               run_id=run.run_id, change_request=change_request, details=details)
+        except Exception as exc:  # noqa: BLE001 (any failure to record is reported with the refusal)
+            return f" (and the audit log could not record it: {type(exc).__name__}: {exc})"
+        return ""
+
+
+def locked(inner: ExecutorDefinition, environment: str, policy: LaunchPolicy | None = None,
+           audit: AuditLog | None = None) -> ExecutorDefinition:
+    """`inner`, refusing before any step a run whose config sets more than op config and, with a `policy`, a run
+    whose launch `launch_verdict` does not accept or whose signature ran before (which `audit` remembers)."""
+    if policy is not None and audit is None:
+        raise ValueError(f"{environment}: a locked executor needs the audit log, which remembers used signatures")
     return ExecutorDefinition(
         name=inner.name,  # the same run config as the executor it wraps
         config_schema=inner.config_schema,
         requirements=inner.get_requirements,
-        executor_creation_fn=lambda init: _GuardedExecutor(inner.executor_creation_fn(init), lockdown, environment),
-        description=f"{inner.description or inner.name}; refuses runs that override where data goes"
-        + ("; refuses runs not started by a schedule, a sensor or CI with a change request" if lockdown else ""),
+        executor_creation_fn=lambda init: _GuardedExecutor(inner.executor_creation_fn(init), environment, policy,
+                                                           audit),
+        description=f"{inner.description or inner.name}; refuses runs whose config sets more than op config"
+        + ("; refuses runs no tick of this instance, signed CI launch or break-glass grant started" if policy else ""),
     )

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from aiml_assets.governance.audit import actor as current_actor
+from aiml_assets.governance.registers import RegisterError, load_entries
 from aiml_assets.settings import DEPLOYMENTS_DIR, ENVIRONMENTS, _Strict
 
 REGISTER = DEPLOYMENTS_DIR / "governance" / "raw_bucket_exceptions.yaml"
@@ -29,10 +29,6 @@ _NOT_PLAIN = "it is not a plain s3:// (locally file://) URI: no '.', '..' or emp
 
 class RawAccessRefused(PermissionError):
     """A raw bucket read that no exception in force allows; nothing was read."""
-
-
-class RegisterError(ValueError):
-    """The exception register cannot be read or is malformed, so no raw read is allowed."""
 
 
 class Approval(_Strict):
@@ -64,24 +60,7 @@ class RawBucketException(_Strict):
 
 
 def load_register(path: Path = REGISTER) -> list[RawBucketException]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RegisterError(f"{path}: cannot read the raw bucket exception register: {exc}") from exc
-    if not isinstance(raw, dict) or list(raw) != ["exceptions"] or not isinstance(raw["exceptions"], list):
-        raise RegisterError(f"{path}: expected one key, exceptions, holding a list of exceptions ([] for none)")
-    entries = []
-    for number, item in enumerate(raw["exceptions"], 1):
-        try:
-            entries.append(RawBucketException.model_validate(item))
-        except ValidationError as exc:  # named by its id, which people know it by
-            name = (item.get("id") if isinstance(item, dict) else None) or f"number {number}"
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(entry)'}: {e['msg']} (got {e.get('input')!r})"
-                                 for e in exc.errors())
-            raise RegisterError(f"{path}: exception {name} is invalid: {problems}") from exc
-        if [entry.id for entry in entries].count(entries[-1].id) > 1:
-            raise RegisterError(f"{path}: exception {entries[-1].id} is listed twice; ids must be unique")
-    return entries
+    return load_entries(path, "exceptions", RawBucketException, "exception")
 
 
 def refusal(entry: RawBucketException, environment: str, today: date) -> str | None:

@@ -26,9 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiml_assets.resources.storage import ObjectVersion, Storage
+from aiml_assets.sql_identifiers import IDENTIFIER, ISO_DATE, UnsafeSqlValue
 
 DELTA_LOG = "_delta_log"
 _LOG_VERSION = re.compile(r"^(\d{20})\.")
+# The partition columns of the asset tables (asset_tables: each is partitioned by its snapshot date) and the rule of
+# their values. A Delta log is only data in a bucket: what it says goes into a DELETE and into keys only once checked.
+PARTITION_COLUMNS = {"snapshot_date": ISO_DATE}
 
 
 @dataclass
@@ -84,7 +88,7 @@ def _purge_table(storage, tables, catalog, role, key, run_id, name, report, log)
     tables.checkpoint(location)
     files = defaultdict(list)  # partition -> its live files, as bucket keys
     for path in tables.live_files(location):
-        files[_partition(path)].append(f"{key}/{path}")
+        files[_partition(key, path)].append(f"{key}/{path}")
     stale = {partition: keys for partition, keys in files.items() if partition and all(
         k in objects and objects[k].last_modified < limit for k in keys)}
     if stale:
@@ -104,9 +108,18 @@ def _destroy(storage, role, versions, report) -> None:
     report.versions_destroyed += len(versions)
 
 
-def _partition(path: str) -> tuple[tuple[str, str], ...]:
-    """The Hive-style partition of a data file's path: ((column, value), ...), empty if unpartitioned."""
-    return tuple(tuple(part.split("=", 1)) for part in path.split("/")[:-1] if "=" in part)
+def _partition(key: str, path: str) -> tuple[tuple[str, str], ...]:
+    """The Hive-style partition of a data file's path in the log of table `key`: ((column, value), ...), empty if
+    unpartitioned; refused unless each column is a known partition column and its value follows that column's rule."""
+    partition = tuple(tuple(part.split("=", 1)) for part in path.split("/")[:-1] if "=" in part)
+    for column, value in partition:
+        where = f"{key}: data file {path!r} in the Delta log"
+        IDENTIFIER.check(column, f"{where}: partition column")
+        if column not in PARTITION_COLUMNS:
+            raise UnsafeSqlValue(f"{where}: partition column {column!r} is not a partition column of the asset "
+                                 f"tables ({', '.join(PARTITION_COLUMNS)})")
+        PARTITION_COLUMNS[column].check(value, f"{where}: partition {column}")
+    return partition
 
 
 def _prune_log(storage, role, key, report) -> None:

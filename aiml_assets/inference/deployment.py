@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import tempfile
 from pathlib import Path
 
-import mlflow
-
 from aiml_assets.models.binary import fetch_metadata, fetch_model
 from aiml_assets.models.registry import CHALLENGER, CHAMPION
+from aiml_assets.models.safe_artifact import UntrustedModel, load_model
 from aiml_assets.resources.nexus import NexusChecksumError, NexusError, NexusRepository
 from aiml_assets.settings import ProductRelease
 
@@ -65,13 +64,14 @@ def scored_products(deployed: list[Deployment], products: list[str]) -> list[str
 
 
 def load_verified(nexus: NexusRepository, deployment: Deployment, workdir: Path):
-    """The deployment's model, pulled from Nexus into `workdir` and loaded once its sha256 matches the manifest."""
+    """The deployment's model, pulled from Nexus into `workdir` and loaded once its sha256 matches the manifest and
+    its files pass Nexus's policy, trusting only the skops types fixed in code."""
     try:
         path = fetch_model(nexus, deployment.model_name, deployment.model_version, Path(workdir) /
                            f"{deployment.product_code}_{deployment.model_role}", expected_sha256=deployment.model_sha256)
-    except NexusError as exc:
+        return load_model(path, deployment.describe())
+    except (NexusError, UntrustedModel) as exc:
         raise DeploymentRefused(f"{deployment.describe()}: refused: {exc}. Nothing is scored.") from exc
-    return mlflow.sklearn.load_model(str(path))
 
 
 def load_all(nexus: NexusRepository, chosen: list[Deployment]) -> dict[tuple[str, str], tuple[object, Deployment]]:

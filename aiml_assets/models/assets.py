@@ -28,12 +28,12 @@ from pyspark.sql import functions as F
 from aiml_assets.asset_tables import lab_table
 from aiml_assets.features.assets import TRAINING_KEY
 from aiml_assets.models import diagnostics, registry
-from aiml_assets.models.binary import fetch_metadata, nexus_paths, publish_model
+from aiml_assets.models.binary import fetch_metadata, nexus_paths, publish_model, version_metadata
 from aiml_assets.models.gate import decide
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
 from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
 from aiml_assets.models.training import (
-    REFERENCE_PROFILE, evaluate, log_and_register, registered_name, score, train, validation_metrics,
+    evaluate, log_and_register, registered_name, score, train, validation_metrics,
 )
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
@@ -180,20 +180,10 @@ def model_assets(settings: Settings) -> list:
         name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
         client = context.resources.mlflow.client()
         version = _version_to_publish(context, client, name)
-        model_version = client.get_model_version(name, str(version))
-        run = client.get_run(model_version.run_id)
         with tempfile.TemporaryDirectory(prefix="aiml_model_") as tmp:
             model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
-            signature = mlflow.models.Model.load(str(model_dir / "MLmodel")).signature
-            published = publish_model(context.resources.nexus, name, version, model_dir, metadata={
-                "name": name, "version": version, "mlflow_run_id": run.info.run_id,
-                "metrics": run.data.metrics, "signature": signature.to_dict() if signature else None,
-                "git_commit": run.data.tags.get("git_commit", "unknown"),
-                "code_version": run.data.tags.get("code_version", "unknown"),
-                "training_data": {k: run.data.tags.get(k) for k in
-                                  ("training_table", "training_table_version", "training_partitions")},
-                "reference_profile": mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{REFERENCE_PROFILE}"),
-            })
+            published = publish_model(context.resources.nexus, name, version, model_dir,
+                                      metadata=version_metadata(client, name, version, model_dir))
         context.log.info(f"{name} version {version}: published to Nexus, model sha256 {published['model_sha256']}")
         return MaterializeResult(metadata={
             "model_name": MetadataValue.text(name),

@@ -1,8 +1,10 @@
 """A registered model version as a binary in Nexus: `models/<name>/<version>/model.zip` and its `metadata.json`.
 
 The model.zip is a deterministic zip of the MLflow model directory, so packaging the same version twice gives the
-same bytes and republishing it is a no-op. What may be in it is the Nexus resource's policy (`MLFLOW_MODEL_FILES`);
-it is applied here too, so a bad directory fails before anything is sent.
+same bytes and republishing it is a no-op. What may be in it, and in what shape, is the Nexus resource's policy
+(`model_files.MLFLOW_MODEL_FILES`, `nexus_metadata.ModelMetadata`); it is applied here too, so a bad directory or
+metadata fails before anything is sent. A fetched model is loaded with `safe_artifact.load_model`, never with
+MLflow's loader (which trusts the skops types the artifact lists).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+from mlflow import MlflowClient
+
+from aiml_assets.models.training import REFERENCE_PROFILE
 from aiml_assets.resources.nexus import (
     METADATA_JSON,
     MODEL_ZIP,
@@ -45,9 +51,11 @@ def nexus_paths(name: str, version: int) -> NexusPaths:
     return paths
 
 
-def package_model(model_dir: Path) -> bytes:
-    """A deterministic zip of the MLflow model directory `model_dir`: same files, same bytes."""
+def package_model(model_dir: Path, where: str | None = None) -> bytes:
+    """A deterministic zip of the MLflow model directory `model_dir`: same files, same bytes. Refusals name `where`
+    (the Nexus path it is packaged for, which names the model) or else the directory."""
     model_dir = Path(model_dir)
+    where = where or str(model_dir)
     files = {path.relative_to(model_dir).as_posix(): path for path in model_dir.rglob("*")
              if path.is_symlink() or not path.is_dir()}
     buffer = io.BytesIO()
@@ -55,19 +63,34 @@ def package_model(model_dir: Path) -> bytes:
         for name in sorted(files):
             problem = model_file_problem(name) or ("is a symbolic link" if files[name].is_symlink() else None)
             if problem:
-                raise NexusRefused(f"{model_dir}: refused: {name!r} {problem}")
+                raise NexusRefused(f"{where}: refused: {name!r} {problem}")
             entry = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
             entry.external_attr, entry.create_system = _REGULAR_FILE_0644, 3  # 3: unix, wherever we run
             archive.writestr(entry, files[name].read_bytes(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
     data = buffer.getvalue()
-    model_zip_entries(str(model_dir), data)  # every check publish applies, before anything is sent
+    model_zip_entries(where, data)  # every check publish applies, before anything is sent
     return data
+
+
+def version_metadata(client: MlflowClient, name: str, version: int, model_dir: Path) -> dict:
+    """What metadata.json says about a registered version, from its MLflow run and its downloaded `model_dir`."""
+    run = client.get_run(client.get_model_version(name, str(version)).run_id)
+    signature = mlflow.models.Model.load(str(Path(model_dir) / "MLmodel")).signature
+    return {
+        "name": name, "version": version, "mlflow_run_id": run.info.run_id,
+        "metrics": run.data.metrics, "signature": signature.to_dict() if signature else None,
+        "git_commit": run.data.tags.get("git_commit", "unknown"),
+        "code_version": run.data.tags.get("code_version", "unknown"),
+        "training_data": {k: run.data.tags.get(k) for k in
+                          ("training_table", "training_table_version", "training_partitions")},
+        "reference_profile": mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{REFERENCE_PROFILE}"),
+    }
 
 
 def publish_model(nexus: NexusRepository, name: str, version: int, model_dir: Path, metadata: dict) -> dict:
     """Publish the model directory as model.zip, then `metadata` plus the zip's sha256 as metadata.json."""
     paths = nexus_paths(name, version)
-    model = package_model(model_dir)
+    model = package_model(model_dir, where=paths.model)
     document = json.dumps({**metadata, "model_sha256": hashlib.sha256(model).hexdigest()},
                           sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
     read_metadata(paths.metadata, document)  # bad metadata fails before the model is published without it
@@ -80,8 +103,8 @@ def publish_model(nexus: NexusRepository, name: str, version: int, model_dir: Pa
 def fetch_model(nexus: NexusRepository, name: str, version: int, dst: Path, expected_sha256: str | None = None) -> Path:
     """Unpack the published model.zip into the empty or new directory `dst` and return it. Its bytes must match
     Nexus's sha256 sidecar and, when given, `expected_sha256` (the release manifest's, which a sidecar rewritten
-    beside a tampered binary cannot fake). Load it with `mlflow.sklearn.load_model(str(dst))` (which trusts the
-    skops types recorded in its MLmodel)."""
+    beside a tampered binary cannot fake). Every file is checked as publication checks it before one is written.
+    Load it with `safe_artifact.load_model(dst, ...)`."""
     path = nexus_paths(name, version).model
     entries = model_zip_entries(path, _fetch(nexus, path, expected_sha256))
     dst = Path(dst)

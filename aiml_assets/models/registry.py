@@ -5,11 +5,15 @@ Never "the latest version": a version is found through the run that registered i
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from aiml_assets.models.safe_artifact import load_model
 from aiml_assets.models.training import VERSION_TAG
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -57,4 +61,7 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
 
 
 def load(name: str, version: int):
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    """The registered version's model, deserialized trusting only our fixed skops types (never the artifact's)."""
+    with tempfile.TemporaryDirectory(prefix="aiml_load_") as tmp:
+        model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+        return load_model(Path(model_dir), f"{name} version {version}")

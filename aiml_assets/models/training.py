@@ -23,6 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from aiml_assets.models.reference_profile import profile
+from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES
 from aiml_assets.provenance import git_commit
 
 CATEGORICAL = ["age_band", "region", "segment", "income_band"]
@@ -35,7 +36,6 @@ PARAMS = {"learning_rate": 0.05, "max_iter": 100, "max_leaf_nodes": 8, "min_samp
 
 # MLflow 3.17 serializes sklearn models with skops and refuses unlisted types; this is the one type of ours it flags
 # (the tree nodes of HistGradientBoosting). We trust it because we wrote the file ourselves, in this run.
-SKOPS_TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
 VERSION_TAG = "registered_model_version"  # run tag: the version this run's registration returned
@@ -178,7 +178,7 @@ def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, pr
         mlflow.log_dict(trained.reference_profile, REFERENCE_PROFILE)
         info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
                                         registered_model_name=name, serialization_format="skops",
-                                        skops_trusted_types=SKOPS_TRUSTED, pip_requirements=model_requirements())
+                                        skops_trusted_types=list(TRUSTED_SKOPS_TYPES), pip_requirements=model_requirements())
         version = info.registered_model_version
         if version is None:
             raise RuntimeError(f"registration of {name} returned no version")

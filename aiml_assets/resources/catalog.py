@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from aiml_assets.governance.egress import EgressRefused
 from aiml_assets.resources.tables import DeltaRsTables
+from aiml_assets.sql_identifiers import location_literal, quoted_name, quoted_principal, string_literal
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
 
@@ -161,33 +162,34 @@ class UnityCatalog(Catalog):
         self._may("read", name)
         if version is None:
             return spark.table(check_name(name))
-        return spark.sql(f"SELECT * FROM {check_name(name)} VERSION AS OF {int(version)}")
+        return spark.sql(f"SELECT * FROM {_table(name)} VERSION AS OF {int(version)}")
 
     def location(self, name) -> str:
-        return self._spark().sql(f"DESCRIBE DETAIL {check_name(name)}").first()["location"]
+        return self._spark().sql(f"DESCRIBE DETAIL {_table(name)}").first()["location"]
 
     def exists(self, name) -> bool:
         return self._spark().catalog.tableExists(check_name(name))
 
     def drop(self, name) -> None:
         self._may("write", name)
-        self._spark().sql(f"DROP TABLE IF EXISTS {check_name(name)}")  # an external table: its files stay
+        self._spark().sql(f"DROP TABLE IF EXISTS {_table(name)}")  # an external table: its files stay
 
     def version(self, name) -> int:
         self._may("read", name)
-        return int(self._spark().sql(f"DESCRIBE HISTORY {check_name(name)} LIMIT 1").first()["version"])
+        return int(self._spark().sql(f"DESCRIBE HISTORY {_table(name)} LIMIT 1").first()["version"])
 
     def register(self, name, location, *, owner, comment="", properties=None) -> None:
         self._may("write", name)
         spark = self._spark()
-        check_name(name)
+        # every value checked before the first statement: a refused one leaves nothing half done
+        table, location, owner = _table(name), location_literal(location), quoted_principal(owner, "owner")
         if not self.exists(name):
-            spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{location}'")
+            spark.sql(f"CREATE TABLE {table} USING DELTA LOCATION {location}")
             # once, at creation: after it, only the owner (or a member of the owning group) may alter the table
-            spark.sql(f"ALTER TABLE {name} SET OWNER TO `{owner}`")
-        spark.sql(f"COMMENT ON TABLE {name} IS {json.dumps(comment)}")
+            spark.sql(f"ALTER TABLE {table} SET OWNER TO {owner}")
+        spark.sql(f"COMMENT ON TABLE {table} IS {string_literal(comment)}")
         if properties:
-            spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({_properties(properties)})")
+            spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({_properties(properties)})")
 
     def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
         self._may("write", name)
@@ -196,29 +198,36 @@ class UnityCatalog(Catalog):
         # them). The view runs with its owner's rights, so the owner reads the version table and tenants only the
         # view. The service principal that publishes must be a member of the owning group.
         spark = self._spark()
-        version_table = check_name(f"{check_name(name)}__v_{version_id}")
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {version_table} USING DELTA LOCATION '{location}'")
-        spark.sql(f"GRANT SELECT ON TABLE {version_table} TO `{owner}`")
+        # every value checked before the first statement: a refused one leaves nothing half done
+        view, version_table = _table(name), _table(f"{check_name(name)}__v_{version_id}")
+        location, owner = location_literal(location), quoted_principal(owner, "owner")
+        grants = [quoted_principal(group, "read_grants") for group in read_grants]
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {version_table} USING DELTA LOCATION {location}")
+        spark.sql(f"GRANT SELECT ON TABLE {version_table} TO {owner}")
         if self.exists(name):
-            spark.sql(f"ALTER VIEW {name} AS SELECT * FROM {version_table}")
+            spark.sql(f"ALTER VIEW {view} AS SELECT * FROM {version_table}")
         else:
-            spark.sql(f"CREATE VIEW {name} AS SELECT * FROM {version_table}")
-            spark.sql(f"ALTER VIEW {name} OWNER TO `{owner}`")
-        for group in read_grants:
-            spark.sql(f"GRANT SELECT ON TABLE {name} TO `{group}`")
-        spark.sql(f"COMMENT ON TABLE {name} IS {json.dumps(comment)}")
-        spark.sql(f"ALTER VIEW {name} SET TBLPROPERTIES ({_properties({**properties, 'cdp_version': version_id})})")
+            spark.sql(f"CREATE VIEW {view} AS SELECT * FROM {version_table}")
+            spark.sql(f"ALTER VIEW {view} OWNER TO {owner}")
+        for group in grants:
+            spark.sql(f"GRANT SELECT ON TABLE {view} TO {group}")
+        spark.sql(f"COMMENT ON TABLE {view} IS {string_literal(comment)}")
+        spark.sql(f"ALTER VIEW {view} SET TBLPROPERTIES ({_properties({**properties, 'cdp_version': version_id})})")
 
     def published(self, name) -> dict | None:
         if not self.exists(name):
             return None
         spark = self._spark()
-        properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {check_name(name)}").collect()}
+        properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {_table(name)}").collect()}
         # the version the view selects from is the truth; the property written after the switch can lag a crash
-        text = spark.sql(f"SHOW CREATE TABLE {name}").first()[0]
+        text = spark.sql(f"SHOW CREATE TABLE {_table(name)}").first()[0]
         served = re.search(r"__v_([0-9a-f]{16})\b", text)
         return {**properties, "cdp_version": served.group(1) if served else properties.get("cdp_version")}
 
 
+def _table(name: str) -> str:
+    return quoted_name(check_name(name))
+
+
 def _properties(properties: dict) -> str:
-    return ", ".join(f"{json.dumps(str(k))} = {json.dumps(str(v))}" for k, v in properties.items())
+    return ", ".join(f"{string_literal(k)} = {string_literal(v)}" for k, v in properties.items())

@@ -5,9 +5,10 @@ the hex sha256; publishing identical bytes again is a no-op, different bytes at 
 `fetch` recomputes the sha256 and refuses a binary that does not match its sidecar.
 
 Only model binaries and their metadata may be published, at `models/<registered name>/<version>/model.zip` and
-`.../metadata.json`: a model.zip holds exactly the files of an MLflow model directory and no data (checked by name
-and by content), a metadata.json is a JSON object describing that version and naming the sha256 of its published
-model.zip. Anything else raises `NexusRefused` before a byte is written, whichever implementation is behind.
+`.../metadata.json`: a model.zip holds exactly the files of an MLflow model directory, each in the shape MLflow
+writes for our model (`model_files`), and no data; a metadata.json follows `nexus_metadata.ModelMetadata`, describes
+that version and names the sha256 of its published model.zip. Anything else raises `NexusRefused` before a byte is
+written, whichever implementation is behind; `model_zip_entries` and `read_metadata` apply the same rules on fetch.
 
 Nexus raw repositories take an HTTP PUT of the bytes to `<url>/repository/<repo>/<path>` and serve them back on GET;
 with the deployment policy "Disable redeploy" Nexus answers a PUT to an existing path with 400. We check before
@@ -26,16 +27,16 @@ import struct
 import tempfile
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import requests
-from packaging.requirements import InvalidRequirement, Requirement
-import yaml
 from dagster import ConfigurableResource
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationError
+
+from aiml_assets.resources.mlflow_file_shapes import REGISTERED_NAME
+from aiml_assets.resources.model_files import MLFLOW_MODEL_FILES, SERIALIZED_MODEL_FILES, shape_problem
+from aiml_assets.resources.nexus_metadata import MAX_METADATA_BYTES, REQUIRED_METADATA_KEYS, ModelMetadata
 
 SIDECAR_SUFFIX = ".sha256"
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -73,13 +74,8 @@ def _sha256(data: bytes) -> str:
 
 MODEL_ZIP, METADATA_JSON = "model.zip", "metadata.json"
 PUBLISHABLE_PATH = re.compile(
-    r"models/(?P<name>[a-z0-9_]+(?:\.[a-z0-9_]+)*)/(?P<version>[1-9][0-9]*)/(?P<file>model\.zip|metadata\.json)"
+    rf"models/(?P<name>{REGISTERED_NAME})/(?P<version>[1-9][0-9]*)/(?P<file>model\.zip|metadata\.json)"
 )
-REQUIRED_METADATA_KEYS = ("name", "version", "metrics", "signature", "git_commit", "training_data", "model_sha256")
-# reference_profile: bin edges and shares of the training features (aggregates, never rows) for drift checks
-METADATA_KEYS = frozenset(REQUIRED_METADATA_KEYS) | {"mlflow_run_id", "code_version", "reference_profile"}  # nothing else rides along
-MAX_TEXT_BYTES = 1024 * 1024  # metadata.json and every model file but the serialized model itself
-MAX_SERIALIZED_MODEL_BYTES = 512 * 1024 * 1024
 
 DATA_SUFFIXES = frozenset({
     ".parquet", ".pq", ".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".avro", ".orc", ".arrow", ".feather",
@@ -91,89 +87,6 @@ DATA_SIGNATURES = {
     b"PAR1": "Parquet", b"PARE": "encrypted Parquet", b"ARROW1": "Arrow IPC", b"FEA1": "Feather v1", b"ORC": "ORC",
     b"Obj\x01": "Avro", b"SQLite format 3\x00": "SQLite", b"\x89HDF\r\n\x1a\n": "HDF5", b"\x93NUMPY": "NumPy",
 }
-
-
-def _yaml_mapping(content: bytes) -> dict | None:
-    try:
-        document = yaml.safe_load(content.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _is_yaml_mapping(content: bytes) -> bool:
-    return _yaml_mapping(content) is not None
-
-
-def _is_mlmodel(content: bytes) -> bool:
-    return "flavors" in (_yaml_mapping(content) or {})
-
-
-def _refuse_constant(constant: str):
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _is_json(content: bytes) -> bool:
-    try:
-        json.loads(content.decode("utf-8"))  # NaN allowed: MLflow writes it for missing values in input examples
-    except (UnicodeDecodeError, ValueError):
-        return False
-    return True
-
-
-MAX_EXAMPLE_ROWS = 1  # training.anonymous_example writes one synthetic row; more rows would be customer records
-
-
-def _is_input_example(content: bytes) -> bool:
-    """MLflow's input example (`{"columns", "data"}`, or wrapped in `dataframe_split` for serving), one row at most."""
-    if not _is_json(content):
-        return False
-    document = json.loads(content.decode("utf-8"))
-    split = document.get("dataframe_split", document) if isinstance(document, dict) else None
-    rows = split.get("data") if isinstance(split, dict) else None
-    return isinstance(rows, list) and len(rows) <= MAX_EXAMPLE_ROWS
-
-
-def _is_requirements(content: bytes) -> bool:
-    """pip requirements, one per line: a CSV or any other text smuggled under the name does not parse."""
-    try:
-        lines = [line.strip() for line in content.decode("utf-8").splitlines()]
-        for line in lines:
-            if line and not line.startswith("#"):
-                Requirement(line)
-    except (UnicodeDecodeError, InvalidRequirement):
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A file MLflow writes into a model directory: what its bytes must be, and how big it may be."""
-
-    must_be: str
-    valid: Callable[[bytes], bool]
-    max_bytes: int = MAX_TEXT_BYTES
-
-
-# The allow-list: what MLflow 3.17 writes for a scikit-learn model saved as skops (training.py asks for skops
-# everywhere: MLflow's Databricks default is cloudpickle, `model.pkl`, and a pickle runs code when it is loaded, so
-# it is not publishable). `registered_model_meta` is added when the directory is downloaded from
-# `models:/<name>/<version>`.
-MLFLOW_MODEL_FILES = {
-    "MLmodel": ModelFile("an MLmodel (a YAML mapping with flavors)", _is_mlmodel),
-    "conda.yaml": ModelFile("a YAML mapping", _is_yaml_mapping),
-    "python_env.yaml": ModelFile("a YAML mapping", _is_yaml_mapping),
-    "registered_model_meta": ModelFile("a YAML mapping", _is_yaml_mapping),
-    "requirements.txt": ModelFile("pip requirements", _is_requirements),
-    "input_example.json": ModelFile(f"a JSON input example of at most {MAX_EXAMPLE_ROWS} row", _is_input_example),
-    "serving_input_example.json": ModelFile(f"a JSON input example of at most {MAX_EXAMPLE_ROWS} row",
-                                            _is_input_example),
-    "model.skops": ModelFile("a skops archive", lambda b: b.startswith(b"PK\x03\x04"), MAX_SERIALIZED_MODEL_BYTES),
-}
-# On a Databricks runtime MLflow also copies the metadata files into `metadata/` (for Unity Catalog sharing).
-MLFLOW_MODEL_FILES.update({f"metadata/{name}": MLFLOW_MODEL_FILES[name]
-                           for name in ("MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt")})
-SERIALIZED_MODEL_FILES = ("model.skops",)
 
 
 def _refused(where: str, rule: str) -> NexusRefused:
@@ -258,8 +171,8 @@ def model_zip_entries(where: str, data: bytes) -> dict[str, bytes]:
                 raise _refused(where, f"entry {info.filename!r} is larger than {rule.max_bytes} bytes")
             if fmt := data_format(content):
                 raise _refused(where, f"entry {info.filename!r} is {fmt} data; data is never published to Nexus")
-            if not rule.valid(content):
-                raise _refused(where, f"entry {info.filename!r} is not {rule.must_be}")
+            if problem := rule.problem(content):
+                raise _refused(where, f"entry {info.filename!r} {problem}")
             entries[info.filename] = content
     serialized = [n for n in SERIALIZED_MODEL_FILES if n in entries]
     if "MLmodel" not in entries or len(serialized) != 1:
@@ -268,11 +181,15 @@ def model_zip_entries(where: str, data: bytes) -> dict[str, bytes]:
     return entries
 
 
+def _refuse_constant(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def read_metadata(path: str, data: bytes) -> dict:
-    """The metadata.json at `path`, once it is shown to describe the model name and version of its path."""
+    """The metadata.json at `path`, once it is shown to follow the schema and describe the model of its path."""
     match = publishable_path(path)
-    if len(data) > MAX_TEXT_BYTES:
-        raise _refused(path, f"metadata larger than {MAX_TEXT_BYTES} bytes")
+    if len(data) > MAX_METADATA_BYTES:
+        raise _refused(path, f"metadata larger than {MAX_METADATA_BYTES} bytes")
     try:
         metadata = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)  # strict: ours, read by others
     except (UnicodeDecodeError, ValueError):
@@ -281,14 +198,13 @@ def read_metadata(path: str, data: bytes) -> dict:
         raise _refused(path, "metadata is not a JSON object")
     if missing := [key for key in REQUIRED_METADATA_KEYS if key not in metadata]:
         raise _refused(path, f"metadata misses required keys {missing}")
-    if extra := sorted(set(metadata) - METADATA_KEYS):
-        raise _refused(path, f"metadata has keys outside {sorted(METADATA_KEYS)}: {extra}")
-    version = metadata["version"]
-    if metadata["name"] != match["name"] or type(version) is not int or version != int(match["version"]):
-        raise _refused(path, f"metadata describes {metadata['name']!r} version {version!r}, "
+    try:
+        ModelMetadata.model_validate(metadata)
+    except ValidationError as exc:
+        raise _refused(path, f"metadata {shape_problem(exc, 'in the metadata.json schema')}") from None
+    if (metadata["name"], metadata["version"]) != (match["name"], int(match["version"])):
+        raise _refused(path, f"metadata describes {metadata['name']!r} version {metadata['version']!r}, "
                              f"not {match['name']!r} version {match['version']} as its path says")
-    if not isinstance(metadata["model_sha256"], str) or not _HEX_SHA256.match(metadata["model_sha256"]):
-        raise _refused(path, "metadata model_sha256 is not a hex sha256")
     return metadata
 
 

@@ -22,7 +22,9 @@ from aiml_assets.provenance import COMMIT_ENV_VAR, git_commit
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, Settings
 
 # What the remote process needs to import the code location; never the virtualenv, tests or local state.
-BUNDLE_CONTENTS = ("aiml_assets", "resources", "deployments/databricks", "deployments/governance", "pyproject.toml")
+# requirements.lock: the Nexus content rules pin model requirements to it on the cluster too
+BUNDLE_CONTENTS = ("aiml_assets", "resources", "deployments/databricks", "deployments/governance", "pyproject.toml",
+                   "requirements.lock")
 
 
 # The Databricks Runtime brings its own Spark; a PyPI pyspark would shadow the cluster's.

@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from aiml_assets.governance.egress import check_location
+from aiml_assets.sql_identifiers import delta_path, partition_literal, quoted_identifier
 
 RUN_ID_KEY = "dagster_run_id"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how a null partition value is written in a path
@@ -88,13 +89,14 @@ class DeltaTables(ConfigurableResource, ABC):
         (an erasure)."""
 
 
-def _quoted(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
+def _condition(column: str, value: str) -> str:
+    quoted = quoted_identifier(column, "partition column")
+    return f"{quoted} IS NULL" if value == NULL_PARTITION else f"{quoted} = {partition_literal(value, column)}"
 
 
 def _predicate(replace: dict[str, str]) -> str:
-    return " AND ".join(f"{column} IS NULL" if value == NULL_PARTITION else f"{column} = {_quoted(value)}"
-                        for column, value in replace.items())
+    # one text for Spark SQL and delta-rs (DataFusion): both read backticked names and unescaped literals alike
+    return " AND ".join(_condition(column, value) for column, value in replace.items())
 
 
 def _any_of(partitions: list[dict[str, str]]) -> str:
@@ -226,7 +228,7 @@ class SparkDeltaTables(DeltaTables):
 
     def _last_commit(self, location):
         spark = SparkSession.builder.getOrCreate()
-        return spark.sql(f"DESCRIBE HISTORY delta.`{location}` LIMIT 1").first()
+        return spark.sql(f"DESCRIBE HISTORY {delta_path(location)} LIMIT 1").first()
 
     def version(self, location) -> int:
         return int(self._last_commit(location)["version"])
@@ -246,26 +248,28 @@ class SparkDeltaTables(DeltaTables):
         return [unquote(uri.removeprefix(root)) for uri in files]
 
     def delete_partitions(self, location, partitions, *, run_id) -> int:
+        statement = f"DELETE FROM {delta_path(self._writable(location))} WHERE {_any_of(partitions)}"
         spark = SparkSession.builder.getOrCreate()
         spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
         try:
-            spark.sql(f"DELETE FROM delta.`{self._writable(location)}` WHERE {_any_of(partitions)}")
+            spark.sql(statement)
         finally:
             spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
         return self.version(location)
 
     def checkpoint(self, location) -> None:
         spark = SparkSession.builder.getOrCreate()
-        properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{self._writable(location)}`").collect()
+        properties = spark.sql(f"SHOW TBLPROPERTIES {delta_path(self._writable(location))}").collect()
         if {row["key"]: row["value"] for row in properties}.get("delta.checkpointInterval") != "1":
             # Spark has no call to write a checkpoint; with interval 1 every commit, this one first, writes one
-            spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ('delta.checkpointInterval' = '1')")
+            spark.sql(f"ALTER TABLE {delta_path(location)} SET TBLPROPERTIES ('delta.checkpointInterval' = '1')")
 
     def vacuum(self, location, retain_hours) -> None:
+        statement = f"VACUUM {delta_path(self._writable(location))} RETAIN {int(retain_hours)} HOURS"
         spark = SparkSession.builder.getOrCreate()
         check = "spark.databricks.delta.retentionDurationCheck.enabled"
         spark.conf.set(check, "false")  # Delta refuses under 7 days unless told; an erasure means exactly that
         try:
-            spark.sql(f"VACUUM delta.`{self._writable(location)}` RETAIN {int(retain_hours)} HOURS")
+            spark.sql(statement)
         finally:
             spark.conf.unset(check)
