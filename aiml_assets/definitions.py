@@ -29,7 +29,6 @@ from aiml_assets.features.assets import GROUP as FEATURES_GROUP
 from aiml_assets.governance.audit_trail import audit_trail_sensor
 from aiml_assets.governance.egress import check_lineage, check_own_buckets
 from aiml_assets.governance.erasure import erasure_job
-from aiml_assets.governance.audit import AuditLog
 from aiml_assets.governance.lockdown import LaunchPolicy, locked
 from aiml_assets.governance.retention_assets import GROUP as GOVERNANCE_GROUP
 from aiml_assets.governance.signed_schedules import signed_schedule
@@ -95,13 +94,14 @@ def daily_scoring_schedule(job, partitions: DailyPartitionsDefinition,
                               execution_fn=the_days_partition)
 
 
-def executor_for(settings: Settings, audit: AuditLog | None = None) -> ExecutorDefinition:
+def executor_for(settings: Settings, resources: dict | None = None) -> ExecutorDefinition:
     # Locally all steps share one in-process SparkSession (starting one costs 15-30 s); remotely each step is its
     # own Databricks run. Every environment refuses runs whose config sets more than op config; a locked one (UAT,
     # prod) also runs nobody can prove were launched by its daemon, by CI or under break-glass, before any step.
     chosen = in_process_executor if settings.is_local else multiprocess_executor
     policy = LaunchPolicy(settings.lockdown) if settings.lockdown else None
-    return locked(chosen, settings.environment, policy, audit)
+    resources = resources or {}
+    return locked(chosen, settings.environment, policy, resources.get("audit"), resources.get("storage"))
 
 
 def build_definitions(env: str | None = None, settings: Settings | None = None) -> Definitions:
@@ -151,7 +151,7 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
         ))
         jobs.append(promotion_job(settings))  # promotes from the registry these environments train into
     if settings.lockdown:  # what a locked environment's schedules launch carries their signature
-        schedules = [signed_schedule(schedule, settings.lockdown) for schedule in schedules]
+        schedules = [signed_schedule(schedule, settings.environment, settings.lockdown) for schedule in schedules]
     resources = build_resources(settings)
     definitions = Definitions(
         assets=graph_for(settings),  # asset checks are assets definitions too
@@ -159,7 +159,7 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
         jobs=jobs,
         schedules=schedules,
         sensors=[audit_trail_sensor(settings)],
-        executor=executor_for(settings, resources["audit"]),
+        executor=executor_for(settings, resources),
     )
     check_lineage(definitions.resolve_asset_graph(), allowed={BINARY_KEY})
     return definitions

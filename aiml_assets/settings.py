@@ -170,10 +170,31 @@ class FeatureSettings(_Strict):
     main_job_snapshots: int = Field(3, ge=1)  # how many of the latest snapshots the main job (re)builds
 
 
+class SourceRules(_Strict):
+    """What EDP's products must hold beyond each column's type and values (sources/schemas.py): plausible dates and
+    ages, complete months of steady volume, and what to do with a column we do not expect."""
+
+    earliest_date: date  # no date or timestamp of a source before the bank's data begins
+    min_age_years: int = Field(ge=16, le=25)  # a customer's age when they joined, at least
+    max_age_years: int = Field(ge=80, le=130)  # a customer's age at the data horizon, at most
+    volume_band: tuple[float, float]  # a month's rows / the median of its neighbours' must fall in this range
+    extra_columns: dict[str, Literal["warn", "fail"]] = {}  # per product (edp.fdp.customers, ...); absent: warn
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SourceRules:
+        low, high = self.volume_band
+        if not 0 < low < 1 < high:
+            raise ValueError(f"volume_band: expected 0 < low < 1 < high, got {list(self.volume_band)}")
+        return self
+
+
 class GateSettings(_Strict):
     """The blocking validation gate a new model version must pass to get the `challenger` alias."""
 
     min_roc_auc: float = Field(ge=0.5, le=1.0)
+    # too good to be true (a leaked feature): above this validation ROC AUC, or this far above the champion's
+    max_roc_auc: float = Field(gt=0.5, le=1.0)
+    max_gain_over_champion: float = Field(gt=0.0, le=0.5)
     min_pr_auc_lift: float = Field(ge=1.0)  # PR AUC over the validation positive rate; 1.0 is a random ranking
     calibration_ratio: tuple[float, float]  # mean predicted / observed rate must fall in this range
     champion_tolerance: float = Field(0.0, ge=0.0, le=0.1)  # ROC AUC the challenger may trail the champion by
@@ -230,7 +251,9 @@ class LockdownSettings(_Strict):
     ci_principal: str = Field(pattern=r"^[a-z][a-z0-9-]{2,62}$")
     # the HMAC key CI signs launches with; held only by the CI runner and the environment's code server
     signing_key_env: str = Field("AIML_LAUNCH_SIGNING_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
-    max_signature_minutes: int = Field(60, ge=1, le=240)  # how long a signed launch may wait to start
+    max_signature_minutes: int = Field(60, ge=1, le=240)  # how long a CI launch may wait to start
+    # how late a scheduled run may start (the daemon catching up after downtime); each signature runs only once
+    schedule_signature_hours: int = Field(24, ge=1, le=48)
     # a schedule's tick lists its runs only once they are all submitted; how long a run waits to find itself there
     tick_wait_seconds: float = Field(120, ge=0, le=900)
 
@@ -262,6 +285,7 @@ class Settings(_Strict):
     mlflow: MlflowSettings
     nexus: NexusSettings
     products: list[str] = Field(min_length=1)
+    sources: SourceRules
     asset_groups: list[Literal[ASSET_GROUPS]] = Field(min_length=1)  # which parts of the graph this env runs
     features: FeatureSettings | None = None
     models: ModelSettings | None = None

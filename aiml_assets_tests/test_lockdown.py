@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
-from dagster import DagsterEventType, DagsterInstance, RunsFilter, execute_job, instance_for_test, reconstructable
+from dagster import (AssetKey, DagsterEventType, DagsterInstance, RunsFilter, build_schedule_context, execute_job,
+                     instance_for_test, reconstructable)
 from dagster._core.execution.api import execute_run
 from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
@@ -97,15 +98,23 @@ def test_the_daemons_ticks_run_and_their_re_executions_and_forgeries_are_refused
     monkeypatch.setenv("AIML_LAUNCH_SIGNING_KEY", KEY)  # the code server's, which signs what its schedules launch
     log, now = logging.getLogger("daemon"), datetime.now(UTC)
     list(launch_scheduled_runs(daemon, log, now, {}))  # the schedule starts; its ticks are the minutes after this
-    # runs made ahead of the next ticks, with the tags Dagster matches to adopt a run as a tick's own
+    # runs made ahead of the next ticks with the tags Dagster matches to adopt a run as a tick's own: typed ones, and
+    # the signed tags and run key of the UI's preview of that tick (which evaluates the schedule in the code server)
+    schedule, ahead = launch_probe.defs.get_schedule_def("probe_schedule"), set()
     for minute in range(1, 3):
-        mark = (now + timedelta(minutes=minute)).replace(second=0, microsecond=0).isoformat()
-        _launch(instance, {"dagster/schedule_name": "probe_schedule", ".dagster/scheduled_execution_time": mark})
+        mark = (now + timedelta(minutes=minute)).replace(second=0, microsecond=0)
+        marked = {"dagster/schedule_name": "probe_schedule", ".dagster/scheduled_execution_time": mark.isoformat()}
+        _launch(instance, marked)
+        [preview] = schedule.evaluate_tick(build_schedule_context(
+            scheduled_execution_time=mark, repository_def=launch_probe.defs.get_repository_def())).run_requests
+        ahead.add(_created(instance, make_new_run_id(), {**preview.tags, **marked,
+                                                         "dagster/run_key": preview.run_key}).run_id)
     list(launch_scheduled_runs(daemon, log, now + timedelta(minutes=2), {}))
     list(execute_sensor_iteration(daemon, log, None, None))
-    monkeypatch.setitem(PROBE, "now", now + timedelta(minutes=2))  # the runs start when the scheduler ran
+    monkeypatch.setitem(PROBE, "now", now + timedelta(hours=3))  # the runs start late: the daemon was catching up
     daemons_runs = {tag: [run for run in _ticked_runs(instance, tag) if "dagster/tick" in run.tags] for tag in TICKING}
     assert all(len(runs) == 1 for runs in daemons_runs.values()), daemons_runs  # adopted none of the runs made ahead
+    assert daemons_runs["dagster/schedule_name"][0].run_id not in ahead
     for tag, [ticked] in daemons_runs.items():
         assert_ran(instance, ticked.run_id, _run_as_worker(instance, ticked))
 
@@ -113,7 +122,7 @@ def test_the_daemons_ticks_run_and_their_re_executions_and_forgeries_are_refused
         instance.delete_run(ticked.run_id)
         assert_refused(instance, ticked.run_id, _run_as_worker(instance, _created(instance, ticked.run_id,
                                                                                     dict(ticked.tags))),
-                       "its launch signature was accepted before")
+                       "its launch signature was used before")
 
         # a tick written straight into storage, listing a run made there too
         forged_id = make_new_run_id()
@@ -174,9 +183,10 @@ def ci_env(monkeypatch):
                "AIML_LAUNCH_SIGNING_KEY": KEY}
 
 
-def _signed(env, change_request="CHG0012345", **launch):
-    return signed_tags(load_settings("prod"), env, **{"job": "probe_job", "partition": "", "run_config": {},
-                                                      "change_request": change_request, "release": RELEASE, **launch})
+def _signed(env, change_request="CHG0012345", settings=None, **launch):
+    return signed_tags(settings or load_settings("prod"), env, **{
+        "job": "probe_job", "partition": "", "run_config": {}, "change_request": change_request, "release": RELEASE,
+        **launch})
 
 
 def test_ci_launches_under_an_approved_change_once_and_forgeries_are_refused(instance, ci_env, monkeypatch):
@@ -185,8 +195,19 @@ def test_ci_launches_under_an_approved_change_once_and_forgeries_are_refused(ins
     assert_ran(instance, run_id, success)
     [audited] = [e for e in PROBE["audit"].read("run_accepted") if e["run_id"] == run_id]
     assert audited["change_request"] == "CHG0012345" and audited["actor"] == CI and audited["details"]["origin"] == "ci"
+    # the signed run, but choosing what of it runs, or how (tags Dagster reads before the signed partition tag)
+    for extra, reason in [({"dagster/priority": "100"}, "dagster/priority"),
+                          ({"dagster/partition/day": "2026-01-01"}, "dagster/partition/day"),
+                          ({"dagster/max_retries": "5"}, "dagster/max_retries")]:
+        assert_refused(instance, *_launch(instance, {**_signed(ci_env), **extra}), "tags its signature does not cover",
+                       reason)
+    result = execute_job(reconstructable(probe_job), instance=instance, tags=_signed(ci_env),
+                         asset_selection=[AssetKey("touched")], raise_on_error=False)
+    assert_refused(instance, result.run_id, result.success, "selects only some assets")
+    uat_signed = {**_signed(ci_env, settings=load_settings("uat")), "aiml/requested_by": CI}  # were the keys shared
+    assert_refused(instance, *_launch(instance, uat_signed), "did not sign this launch for prod")
 
-    replay = f"launch signature was accepted before, for run {run_id}"
+    replay = f"launch signature was used before, by run {run_id}"
     assert_refused(instance, *_launch(instance, tags), replay)
     instance.delete_run(run_id)  # run storage forgets; the audit log does not
     assert_refused(instance, *_launch(instance, tags), replay)
@@ -211,6 +232,22 @@ def test_ci_launches_under_an_approved_change_once_and_forgeries_are_refused(ins
                                                         "runs v1.5.0")
     monkeypatch.setitem(PROBE, "release", None)
     assert_refused(instance, *_launch(instance, fresh), "no RELEASE.json")
+
+
+def test_a_signature_is_first_used_once_under_a_race(tmp_path, s3):
+    """The ledger's create-if-absent: of many writers racing for one key, exactly one creates it (locally and on S3)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aiml_assets.resources.storage import LocalStorage, S3Storage
+
+    s3.create_bucket(Bucket="buk-aiml-audit-test", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    for storage in (LocalStorage(home=str(tmp_path), buckets={"audit": "audit"}),
+                    S3Storage(buckets={"audit": "s3://buk-aiml-audit-test"})):
+        with ThreadPoolExecutor(8) as pool:
+            created = list(pool.map(lambda i: storage.create("audit", "launch_signatures/prod/abc", str(i).encode()),
+                                    range(16)))
+        assert created.count(True) == 1
+        assert storage.get("audit", "launch_signatures/prod/abc") == str(created.index(True)).encode()
 
 
 @pytest.mark.parametrize(("change_request", "env", "reason"), [
@@ -321,3 +358,29 @@ def test_uat_and_prod_are_locked_and_the_rest_are_not(aiml_home):
     for env in ("local", "lab"):
         assert load_settings(env).lockdown is None
         assert "tick of this instance" not in build_definitions(env).resolve_job_def("main").executor_def.description
+
+
+@pytest.mark.parametrize("env", ["uat", "prod"])
+def test_the_real_scoring_schedule_signs_what_its_executor_accepts(aiml_home, monkeypatch, env):
+    from zoneinfo import ZoneInfo
+
+    from aiml_assets.governance.launch_signature import SIGNED_TAGS, signature_refusal
+    from aiml_assets.governance.lockdown import DAGSTER_LAUNCH_TAGS
+
+    for name in ("NEXUS_USERNAME", "NEXUS_PASSWORD", "DATABRICKS_HOST"):
+        monkeypatch.setenv(name, "set-by-the-deployment")
+    monkeypatch.setenv("AIML_LAUNCH_SIGNING_KEY", KEY)
+    defs = build_definitions(env)
+    for summer in (False, True):  # 05:00 UK time in GMT and in BST
+        tick = datetime(2027, 7 if summer else 1, 15, 5, tzinfo=ZoneInfo("Europe/London"))
+        context = build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def())
+        [request] = defs.get_schedule_def(f"{SCORING_JOB}_schedule").evaluate_tick(context).run_requests
+        assert request.partition_key == tick.date().isoformat() and request.run_key == request.tags[SIGNATURE_TAG]
+        assert set(request.tags) <= SIGNED_TAGS | DAGSTER_LAUNCH_TAGS
+        verdict = dict(environment=env, origin=f"schedule:{SCORING_JOB}_schedule", job=SCORING_JOB, tags=request.tags,
+                       run_config=request.run_config, key=KEY.encode(), release=None,
+                       max_term=timedelta(hours=24))
+        assert signature_refusal(**verdict, now=tick + timedelta(hours=3)) is None  # a late catch-up still runs
+        assert "expired" in signature_refusal(**verdict, now=tick + timedelta(hours=25))
+        other = "prod" if env == "uat" else "uat"
+        assert "did not sign" in signature_refusal(**{**verdict, "environment": other}, now=tick)

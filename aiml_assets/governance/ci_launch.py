@@ -26,8 +26,8 @@ def signed_tags(settings: Settings, env: Mapping[str, str], *, job: str, partiti
     if not key:
         raise ChangeRequestRefused(f"{lockdown.signing_key_env} is not set: this runner cannot sign launches")
     from_environment(env).approved(change_request, release)
-    launch = signed_launch(CI_ORIGIN, job, partition, run_config, change_request=change_request, release=release,
-                           valid_for=timedelta(minutes=lockdown.max_signature_minutes))
+    launch = signed_launch(settings.environment, CI_ORIGIN, job, partition, run_config, change_request=change_request,
+                           release=release, valid_for=timedelta(minutes=lockdown.max_signature_minutes))
     return {REQUESTED_BY_TAG: lockdown.ci_principal, **launch.tags(key.encode())}
 
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import boto3
+from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
 
 
@@ -63,6 +64,11 @@ class Storage(ConfigurableResource, ABC):
     def put(self, role: str, key: str, data: bytes) -> str: ...
 
     @abstractmethod
+    def create(self, role: str, key: str, data: bytes) -> bool:
+        """Write `key` only if no object is there: True if this call created it, False if one already was (atomic:
+        of two racing writers exactly one creates it)."""
+
+    @abstractmethod
     def get(self, role: str, key: str) -> bytes: ...
 
     @abstractmethod
@@ -95,6 +101,17 @@ class LocalStorage(Storage):
             tmp.write(data)
         os.replace(tmp.name, path)  # readers see the old object or the new one, never half of one
         return str(path)
+
+    def create(self, role, key, data) -> bool:
+        path = Path(self.uri(role, key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return True
 
     def get(self, role, key) -> bytes:
         return Path(self.uri(role, key)).read_bytes()
@@ -144,6 +161,16 @@ class S3Storage(Storage):
         bucket, full_key = self._split(role, _check_key(key))
         self.client().put_object(Bucket=bucket, Key=full_key, Body=data)  # S3 PUTs are atomic per object
         return f"s3://{bucket}/{full_key}"
+
+    def create(self, role, key, data) -> bool:
+        bucket, full_key = self._split(role, _check_key(key))
+        try:  # S3 conditional write: refused with 412 when the key exists, 409 while another create of it is open
+            self.client().put_object(Bucket=bucket, Key=full_key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def get(self, role, key) -> bytes:
         bucket, full_key = self._split(role, _check_key(key))
