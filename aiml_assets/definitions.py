@@ -47,7 +47,7 @@ from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import (
     ENVIRONMENTS, RESOURCES_DIR, Settings, aiml_home, current_env, load_settings, parse_settings,
 )
-from aiml_assets.sources.edp import EDP_CHECKS, EDP_GROUP, edp_source_products
+from aiml_assets.sources.edp import EDP_GROUP, edp_source_products, source_checks
 
 MAIN_JOB = "main"
 MODELS_JOB = "train_models"
@@ -57,7 +57,7 @@ RETENTION_JOB = "retention"
 
 def graph_for(settings: Settings) -> list:
     components = {
-        "edp_sources": lambda: [edp_source_products, *EDP_CHECKS],
+        "edp_sources": lambda: [edp_source_products, *source_checks(settings)],
         "lab_features": lambda: lab_feature_assets(settings),
         "model_versions": lambda: model_assets(settings),
         "prod_inference": lambda: inference_assets(settings),

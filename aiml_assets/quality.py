@@ -6,14 +6,23 @@ key uniqueness) and also gives the asset's TableSchema metadata. pandera.pyspark
 asset. So the model's row rules are compiled into Spark expressions and evaluated together in one aggregation,
 key uniqueness in one key-only group-by, and only a failing rule costs one more small query for example keys.
 
-Rules beyond pandera's built-in checks live in a column's `metadata`:
-  - `{"not_future": True}`: no value after the moment of validation (events cannot be in the future).
+Every float column must be finite (no NaN, inf or -inf); its other rules judge only its finite values, so that a
+bad row is reported once. Rules beyond pandera's built-in checks live in a column's `metadata`:
+  - `{"not_future": True}`: no value after the moment of validation (events cannot be in the future);
+  - `{"min_age_at": (column, years)}`: a birth date at least `years` before the row's `column` (age when joining);
+  - `{"max_age": years}`: a birth date whose age today (the moment of validation, at or after the data
+    horizon) is at most `years`.
+A column the model does not declare fails if the model is strict (`Config.strict`), else passes with a warning in
+the check's metadata.
+
+Messages and metadata carry assets, columns, rules and counts only: no key or value of any row.
 """
 
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 import pandera.pyspark as pa
 from dagster import (
@@ -45,8 +54,8 @@ class Violation:
     failed_rows: int | None  # None for schema-level failures (a missing column, a wrong type)
     examples: tuple[str, ...] = ()
 
-    def describe(self, total: int, *, examples: bool = True) -> str:
-        """`examples=False` leaves out the example keys: for logs and records that must hold no customer data."""
+    def describe(self, total: int, *, examples: bool = False) -> str:
+        """Counts only, unless `examples`: example keys are customer data, kept out of Dagster's event log."""
         if self.failed_rows is None:
             return f"column {self.column}: {self.rule}"
         example = f" (e.g. {', '.join(self.examples)})" if self.examples and examples else ""
@@ -70,7 +79,7 @@ def table_schema(model: Model) -> TableSchema:
                 column.dtype.type.simpleString(),
                 description=column.description,
                 constraints=TableColumnConstraints(nullable=column.nullable, unique=keys == [name],
-                                                   other=[rule_text(c) for c in column.checks]),
+                                                   other=_rule_texts(name, column)),
             )
             for name, column in schema.columns.items()
         ],
@@ -85,7 +94,8 @@ def spark_schema(model: Model) -> T.StructType:
 
 
 def rule_text(check: pa.Check) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in check.statistics.items() if v is not None)
+    args = ", ".join(f"{k}={v.isoformat() if isinstance(v, date) else repr(v)}"
+                     for k, v in check.statistics.items() if v is not None)
     return f"{check.name}({args})"
 
 
@@ -117,6 +127,38 @@ def _is_float(dtype) -> bool:
     return isinstance(dtype, (T.DoubleType, T.FloatType))
 
 
+FINITE = "finite (no NaN, inf or -inf)"
+
+
+def _not_finite(col: Column) -> Column:
+    return F.isnan(col) | (F.abs(col) == float("inf"))
+
+
+def _rules_beyond_checks(name: str, column: pa.Column) -> list[tuple[str, tuple[str, ...], Callable[[], Column]]]:
+    """The rules beyond the column's pandera checks: (text, other columns it reads, condition TRUE when violated).
+    The conditions are built lazily: the table schema needs only the texts, and no SparkSession."""
+    dtype, meta = column.dtype.type, column.metadata or {}
+    rules = []
+    if _is_float(dtype):
+        rules.append((FINITE, (), lambda: _not_finite(F.col(name))))
+    if meta.get("not_future"):
+        now = F.current_timestamp if isinstance(dtype, T.TimestampType) else F.current_date
+        rules.append(("not in the future", (), lambda: F.col(name) > now()))
+    if "min_age_at" in meta:
+        at, years = meta["min_age_at"]
+        rules.append((f"age at {at} at least {years} years", (at,),
+                      lambda: F.add_months(F.col(name), 12 * years) > F.col(at)))
+    if "max_age" in meta:
+        oldest = meta["max_age"]
+        rules.append((f"age today at most {oldest} years", (),
+                      lambda: F.add_months(F.col(name), 12 * (oldest + 1)) <= F.current_date()))
+    return rules
+
+
+def _rule_texts(name: str, column: pa.Column) -> list[str]:
+    return [rule_text(c) for c in column.checks] + [text for text, _, _ in _rules_beyond_checks(name, column)]
+
+
 def _conditions(schema: pa.DataFrameSchema, valid_columns: set[str]) -> dict[tuple[str, str], Column]:
     conditions: dict[tuple[str, str], Column] = {}
     for name, column in schema.columns.items():
@@ -124,22 +166,28 @@ def _conditions(schema: pa.DataFrameSchema, valid_columns: set[str]) -> dict[tup
             continue
         col = F.col(name)
         if not column.nullable:
-            missing = col.isNull() | F.isnan(col) if _is_float(column.dtype.type) else col.isNull()
-            conditions[(name, "not_null" + (" (no NaN)" if _is_float(column.dtype.type) else ""))] = missing
-        elif _is_float(column.dtype.type):
-            conditions[(name, "no NaN")] = F.isnan(col)
+            conditions[(name, "not_null")] = col.isNull()
+        # pandera's checks judge the values that are there: not null and, for floats, finite (FINITE judges those)
+        present = col.isNotNull() & ~_not_finite(col) if _is_float(column.dtype.type) else col.isNotNull()
         for check in column.checks:
-            conditions[(name, rule_text(check))] = _violated(check, col) & col.isNotNull()
-        if (column.metadata or {}).get("not_future"):
-            now = F.current_timestamp() if isinstance(column.dtype.type, T.TimestampType) else F.current_date()
-            conditions[(name, "not in the future")] = col > now
+            conditions[(name, rule_text(check))] = _violated(check, col) & present
+        for text, reads, violated in _rules_beyond_checks(name, column):
+            if valid_columns.issuperset(reads):
+                conditions[(name, text)] = violated()
     return conditions
+
+
+def extra_columns(model: Model, df: DataFrame) -> list[str]:
+    """The columns of `df` that `model` does not declare (a schema drift; no Spark job)."""
+    declared = as_schema(model).columns
+    return [name for name in df.columns if name not in declared]
 
 
 def _schema_violations(schema: pa.DataFrameSchema, df: DataFrame) -> list[Violation]:
     """pandera's own schema-level validation: columns present, types. Nullability is left to the batched pass
     (pandera would run a Spark job per column for it), so pandera sees a copy that allows nulls and no rows."""
     structure = schema.update_columns({name: {"nullable": True} for name in schema.columns})
+    structure.strict = False  # extra columns are reported by validate, by name (pandera names the schema instead)
     try:
         with config_context(validation_depth=ValidationDepth.SCHEMA_ONLY):
             validated = structure.validate(df.limit(0))
@@ -169,6 +217,9 @@ def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
     """
     schema = as_schema(model)
     violations = _schema_violations(schema, df)
+    if schema.strict:
+        violations += [Violation(name, "not in the schema: an unexpected column (strict)", None)
+                       for name in extra_columns(schema, df)]
     expected = {name: column.dtype.type for name, column in schema.columns.items()}
     valid = {f.name for f in df.schema.fields if f.name in expected and f.dataType == expected[f.name]}
     conditions = _conditions(schema, valid)
@@ -215,13 +266,21 @@ def pandera_check(
         asset=asset,
         name=f"{name}_schema",
         blocking=True,
-        description=f"pandera schema {name}: types, nullability, ranges, allowed values, unique keys",
+        description=f"pandera schema {name}: types, nullability, finite numbers, ranges, allowed values, unique "
+        "keys, unexpected columns",
         required_resource_keys={*required_resource_keys, STEP_LAUNCHER_KEY},
         partitions_def=partitions_def,
     )
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        rows, violations = validate(model, read(context))
+        df = read(context)
+        rows, violations = validate(model, df)
         metadata = {"rows": MetadataValue.int(rows), "violations": MetadataValue.int(len(violations))}
+        drift = extra_columns(model, df)
+        if drift and not as_schema(model).strict:  # strict: validate reported them as violations
+            warning = (f"{asset.to_user_string()}: {len(drift)} column(s) not in pandera schema {name}: "
+                       f"{', '.join(drift)}; passed with this warning (the schema is not strict)")
+            context.log.warning(warning)
+            metadata |= {"extra_columns": MetadataValue.text(", ".join(drift)), "warning": MetadataValue.text(warning)}
         if violations:
             message = failure_message(asset, rows, violations)
             context.log.error(message)

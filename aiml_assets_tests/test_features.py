@@ -4,13 +4,14 @@ from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, define_asset_job
 from deltalake import DeltaTable
 
 from aiml_assets.definitions import build_definitions
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY, labelled
 from aiml_assets.features.customer_features import Sources, customer_features
 from aiml_assets.settings import load_settings
+from aiml_assets_tests.test_quality import _corrupt, _set
 
 SNAPSHOT = date(2025, 6, 1)
 PRODUCTS = ["credit_card", "mortgage"]
@@ -117,7 +118,7 @@ def _run(defs, instance, *partitions):
     return defs.resolve_job_def("main").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
 
 
-def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_edp, spark, aiml_home):
+def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_edp, spark, aiml_home, tmp_path):
     defs = build_definitions("local")
     with DagsterInstance.ephemeral() as instance:
         result = _run(defs, instance, "2026-08-01", "2026-09-01")
@@ -154,10 +155,28 @@ def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_e
         assert all(0 < rate < 0.2 for rate in rates.values())
         meta = instance.get_latest_materialization_event(FEATURES_KEY).asset_materialization.metadata
         october = local_edp.read(spark, "aiml_local.lab.customer_features").filter("snapshot_date = '2026-10-01'")
-        assert meta["dagster/row_count"].value == october.count() > 1000
+        october_rows = october.count()
+        assert meta["dagster/row_count"].value == october_rows > 1000
         assert meta["max_event_time_used"].value < "2026-10-01"
         assert set(meta["null_rate"].value) >= {"spend_365d", "days_since_last_contact"}
         assert meta["distribution_plot"].value.startswith("![feature distributions](data:image/png;base64,")
+
+        # a snapshot whose features break their schema (sources left unchecked) replaces nothing: write-audit-publish
+        _corrupt(local_edp, "edp.fdp.customers", _set("region", "Atlantis", rows=4), tmp_path)
+        lab_only = define_asset_job("lab_only", selection=[FEATURES_KEY, TRAINING_KEY]).resolve(
+            asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources)
+        result = lab_only.execute_in_process(instance=instance, tags={"dagster/partition": "2026-10-01"},
+                                             resources=defs.resources, raise_on_error=False)
+        [evaluation] = [e.event_specific_data for e in result.all_events
+                        if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert not result.success and not evaluation.passed
+        assert evaluation.description.startswith("lab/customer_features failed its pandera schema; nothing was written")
+        assert "partition 2026-10-01: column region: isin(" in evaluation.description
+        assert "failed for 4 of " in evaluation.description and "Atlantis" not in evaluation.description
+        assert _files(location) == after  # the good October partition is still the current one
+        assert local_edp.read(spark, "aiml_local.lab.customer_features").filter(
+            "snapshot_date = '2026-10-01'").count() == october_rows
+        assert instance.get_latest_materialization_event(TRAINING_KEY).run_id != result.run_id  # nothing after ran
 
 
 def test_label_window_must_be_complete(local_edp):

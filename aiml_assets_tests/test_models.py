@@ -133,8 +133,8 @@ def test_back_to_back_trainings_record_their_own_versions(lab):
         assert lab.materialization(result, BINARY_KEY).metadata["model_version"].value == version
 
 
-def _shuffle_training_labels(lab, product: str, snapshots: list[str]) -> None:
-    """Rewrite the training snapshots with `product`'s labels permuted: a deliberately weak training set."""
+def _rewrite_training_column(lab, product: str, snapshots: list[str], column: str, values) -> None:
+    """Rewrite the training snapshots with `product`'s `column` set to `values(product's rows)`."""
     spark, catalog, tables = (lab.resources[k] for k in ("spark", "catalog", "tables"))
     session = spark.get_session()
     location = catalog.location("aiml_local.lab.training_set")
@@ -142,10 +142,18 @@ def _shuffle_training_labels(lab, product: str, snapshots: list[str]) -> None:
     for snapshot in snapshots:
         rows = table.filter(f"snapshot_date = '{snapshot}'").toPandas()
         mine = rows["product_code"] == product
-        rows.loc[mine, "label"] = np.random.default_rng(1).permutation(rows.loc[mine, "label"].to_numpy())
+        rows.loc[mine, column] = values(rows[mine])
         frame = session.createDataFrame(rows, schema=table.schema)
         tables.write(frame, location, run_id="test-shuffle", partition_by=["snapshot_date"],
                      replace={"snapshot_date": snapshot})
+
+
+def _assert_blocked(lab, result, name: str, version: int, challenger: int) -> None:
+    """The gate failed `version`: nothing downstream ran, the challenger alias did not move, nothing is in Nexus."""
+    assert lab.materialization(result, BINARY_KEY) is None
+    assert lab.mlflow.get_model_version(name, str(version)).tags[GATE_TAG] == "failed"
+    assert int(lab.mlflow.get_model_version_by_alias(name, CHALLENGER).version) == challenger
+    assert not lab.resources["nexus"].exists(nexus_paths(name, version).model)
 
 
 def test_weak_model_is_blocked_by_the_gate_against_thresholds_and_champion(lab):
@@ -156,7 +164,9 @@ def test_weak_model_is_blocked_by_the_gate_against_thresholds_and_champion(lab):
     champion = lab.materialization(good, MODEL_KEY).metadata["model_version"].value
     lab.mlflow.set_registered_model_alias(name, CHAMPION, str(champion))  # as a promotion would
 
-    _shuffle_training_labels(lab, product, ["2026-08-01", "2026-09-01"])  # the validation snapshot keeps true labels
+    # a deliberately weak training set; the validation snapshot keeps true labels
+    _rewrite_training_column(lab, product, ["2026-08-01", "2026-09-01"], "label",
+                             lambda rows: np.random.default_rng(1).permutation(rows["label"].to_numpy()))
     weak = lab.train(product)
     assert not weak.success
     version = lab.materialization(weak, MODEL_KEY).metadata["model_version"].value
@@ -166,10 +176,7 @@ def test_weak_model_is_blocked_by_the_gate_against_thresholds_and_champion(lab):
     assert f"{name} version {version} FAILED" in message and "< min_roc_auc 0.6" in message
     assert f"worse than champion version {champion}" in message
     assert "candidate: roc_auc=" in message and f"champion (version {champion}): roc_auc=" in message
-    assert lab.materialization(weak, BINARY_KEY) is None  # blocked: nothing downstream ran
-    assert lab.mlflow.get_model_version(name, str(version)).tags[GATE_TAG] == "failed"
-    assert int(lab.mlflow.get_model_version_by_alias(name, CHALLENGER).version) == champion
-    assert not lab.resources["nexus"].exists(nexus_paths(name, version).model)
+    _assert_blocked(lab, weak, name, version, challenger=champion)
 
     # model_binary on its own publishes the gated challenger, never the blocked version
     alone = lab.train(product, only=[BINARY_KEY])
@@ -194,3 +201,25 @@ def test_a_re_executed_run_finds_the_version_its_parent_registered(lab):
     assert version_registered_by(experiment, ["re-execution-run-id", first.run_id, first.run_id], product)[1] == version
     with pytest.raises(ModelVersionNotFound, match="no mortgage model version was registered by Dagster run other"):
         version_registered_by(experiment, ["other", None, None], product)
+
+
+def test_a_leaked_feature_is_blocked_by_the_gate_with_the_leak_named(lab):
+    product = "home_insurance"
+    name = lab.name(product)
+    normal = lab.train(product)
+    assert normal.success and lab.check(normal, "validation_gate").passed
+    champion = lab.materialization(normal, MODEL_KEY).metadata["model_version"].value
+    lab.mlflow.set_registered_model_alias(name, CHAMPION, str(champion))
+
+    # spend_30d now carries the label: "too good to be true" on the validation snapshot too
+    _rewrite_training_column(lab, product, ["2026-08-01", "2026-09-01", "2026-10-01"], "spend_30d",
+                             lambda rows: rows["label"] + np.random.default_rng(2).uniform(0, 0.5, len(rows)))
+    leaky = lab.train(product)
+    assert not leaky.success
+    version = lab.materialization(leaky, MODEL_KEY).metadata["model_version"].value
+    gate = lab.check(leaky, "validation_gate")
+    assert not gate.passed
+    assert "> max_roc_auc 0.97" in gate.description and f"above champion version {champion}'s" in gate.description
+    assert "spend_30d" in gate.description.split("top features by importance: ")[1]
+    assert next(iter(gate.metadata["top_features"].value)) == "spend_30d"
+    _assert_blocked(lab, leaky, name, version, challenger=champion)

@@ -1,21 +1,26 @@
-"""Bad source input is stopped by the blocking pandera check: a clear message, nothing downstream written."""
+"""Bad source input is stopped by the blocking pandera check: a clear message with counts only, nothing downstream
+written; an unexpected column passes with a warning, or fails where its product's setting says so."""
 
-from datetime import datetime, timedelta, timezone
+import re
+from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
+import pandera.pyspark as pandera
 import pyarrow as pa
+import pyspark.sql.types as T
 import pytest
 from dagster import AssetCheckKey, AssetSelection, DagsterInstance, define_asset_job
 from deltalake import DeltaTable, write_deltalake
 
 from aiml_assets.definitions import build_definitions
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
-from aiml_assets.quality import validate
+from aiml_assets.quality import FINITE, validate
+from aiml_assets.settings import load_settings
 from aiml_assets.sources.edp import asset_key
-from aiml_assets.sources.schemas import SOURCE_MODELS
+from aiml_assets.sources.schemas import CUSTOMERS, HOLDINGS, SOURCE_MODELS, TRANSACTIONS as TX
 
-TX, CUSTOMERS, HOLDINGS = "edp.fdp.transactions", "edp.fdp.customers", "edp.cdp.product_holdings"
 FUTURE = datetime.now(timezone.utc) + timedelta(days=30)
+EXTRA = "loyalty_tier"
 
 
 def _set(column, value, rows=3):
@@ -27,20 +32,39 @@ def _set(column, value, rows=3):
     return change
 
 
+def _infinite_amounts(df):
+    return _set("amount", float("-inf"), rows=1)(_set("amount", float("inf"), rows=3)(df))
+
+
+def _with_extra_column(df):
+    return df.assign(**{EXTRA: "gold"})
+
+
 # table, how to break it, column and rule the message must name, failed rows (None: schema level)
 BAD_INPUTS = {
     "null_keys": (TX, _set("customer_id", None), "customer_id", "not_null", 3),
     "duplicate_keys": (CUSTOMERS, lambda df: pd.concat([df, df.head(2)]), "customer_id", "unique", 2),
     "negative_amounts": (TX, _set("amount", -12.5), "amount", "greater_than(min_value=0)", 3),
-    "nan_amounts": (TX, _set("amount", float("nan"), rows=4), "amount", "not_null (no NaN)", 4),
+    "nan_amounts": (TX, _set("amount", float("nan"), rows=4), "amount", FINITE, 4),
+    "infinite_amounts": (TX, _infinite_amounts, "amount", FINITE, 3),  # 2 x inf, then 1 x -inf over the first
     "future_events": (TX, _set("transaction_ts", pd.Timestamp(FUTURE), rows=2), "transaction_ts",
                       "not in the future", 2),
+    "far_future_events": (TX, _set("transaction_ts", pd.Timestamp("2200-01-01", tz="UTC")), "transaction_ts",
+                          "not in the future", 3),
+    "before_the_banks_data": (HOLDINGS, _set("opened_date", date(1969, 12, 31), rows=2), "opened_date",
+                              "greater_than_or_equal_to(min_value=1970-01-01)", 2),
+    "under_18_when_joining": (CUSTOMERS, _set("birth_date", date(2020, 1, 1)), "birth_date",
+                              "age at joined_date at least 18 years", 3),
+    "over_110": (CUSTOMERS, _set("birth_date", date(1900, 1, 1), rows=2), "birth_date",
+                 "age today at most 110 years", 2),
+    "extra_column_where_it_fails": (TX, _with_extra_column, EXTRA, "unexpected column", None),
     "unknown_product": (HOLDINGS, _set("product_code", "crypto_wallet", rows=5), "product_code", "isin(", 5),
     "missing_column": (TX, lambda df: df.drop(columns=["channel"]), "channel", "column_in_dataframe", None),
     "wrong_type": (TX, lambda df: df.assign(amount=df["amount"].astype(str)), "amount",
                    "expected column 'amount' to have type DoubleType(), got StringType()", None),
     "empty_product": (HOLDINGS, lambda df: df.head(0), "(all)", "not empty", None),
 }
+FAILS_ON_EXTRA_COLUMNS = {"extra_column_where_it_fails"}  # with `extra_columns: {<product>: fail}`
 
 
 def _corrupt(catalog, name, change, tmp_path):
@@ -51,37 +75,73 @@ def _corrupt(catalog, name, change, tmp_path):
         data = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
         data = pa.Table.from_pandas(df, preserve_index=False)
+    for i, field in enumerate(data.schema):  # from_pandas reads NaN as null: a NaN stays a NaN
+        if pa.types.is_floating(field.type):
+            data = data.set_column(i, field, pa.array(df[field.name].to_numpy(object), field.type, from_pandas=False))
+    for added in df.columns.difference(data.column_names):  # from_pandas(schema=) leaves them out
+        data = data.append_column(added, pa.array(df[added]))
     location = str(tmp_path / "bad" / name)
     write_deltalake(location, data, mode="overwrite")
     catalog.register(name, location, owner="EDP")
 
 
+def _check_key(name):
+    return AssetCheckKey(asset_key(name), f"{SOURCE_MODELS[name].__name__}_schema")
+
+
+def _run(selection, instance, settings=None):
+    defs = build_definitions("local", settings)
+    job = define_asset_job("bad_input", selection=selection).resolve(asset_graph=defs.resolve_asset_graph(),
+                                                                      resource_defs=defs.resources)
+    return job.execute_in_process(instance=instance, tags={"dagster/partition": "2026-10-01"},
+                                  resources=defs.resources, raise_on_error=False)
+
+
+def _events(result, event_type):
+    return [e.event_specific_data for e in result.all_events if e.event_type_value == event_type]
+
+
+def _failing_on_extra_columns(name):
+    settings = load_settings("local")
+    sources = settings.sources.model_copy(update={"extra_columns": {name: "fail"}})
+    return settings.model_copy(update={"sources": sources})
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
 def test_bad_source_input_stops_the_graph(case, local_edp, tmp_path):
     name, change, column, rule, failed_rows = BAD_INPUTS[case]
+    settings = _failing_on_extra_columns(name) if case in FAILS_ON_EXTRA_COLUMNS else None
     _corrupt(local_edp, name, change, tmp_path)
-    defs = build_definitions("local")
     source = asset_key(name)
-    check_key = AssetCheckKey(source, f"{SOURCE_MODELS[name].__name__}_schema")
-    job = define_asset_job(
-        "bad_input", selection=AssetSelection.checks(check_key) | AssetSelection.assets(FEATURES_KEY, TRAINING_KEY)
-    ).resolve(asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources)
 
     with DagsterInstance.ephemeral() as instance:
-        result = job.execute_in_process(instance=instance, tags={"dagster/partition": "2026-10-01"},
-                                        resources=defs.resources, raise_on_error=False)
-        evaluation = next(e.event_specific_data for e in result.all_events
-                          if e.event_type_value == "ASSET_CHECK_EVALUATION")
+        result = _run(AssetSelection.checks(_check_key(name)) | AssetSelection.assets(FEATURES_KEY, TRAINING_KEY),
+                      instance, settings)
+        evaluation = _events(result, "ASSET_CHECK_EVALUATION")[0]
         assert not evaluation.passed
         message = evaluation.description
         assert message.startswith(f"{source.to_user_string()} failed its pandera schema")
         assert f"column {column}: " in message and rule in message, message
         if failed_rows is not None:
             assert f"failed for {failed_rows} of " in message, message
+        assert not re.search(r"C[0-9]{8}", message + str(evaluation.metadata)), "counts only, no customer keys"
         # nothing downstream ran or was written
         assert instance.get_latest_materialization_event(FEATURES_KEY) is None
         assert instance.get_latest_materialization_event(TRAINING_KEY) is None
     assert not local_edp.exists("aiml_local.lab.customer_features")
+
+
+def test_an_unexpected_column_passes_with_a_warning(local_edp, tmp_path):
+    _corrupt(local_edp, TX, _with_extra_column, tmp_path)
+    with DagsterInstance.ephemeral() as instance:
+        observed = AssetSelection.assets(asset_key(TX)).without_checks()
+        result = _run(observed | AssetSelection.checks(_check_key(TX)), instance)
+    [evaluation] = _events(result, "ASSET_CHECK_EVALUATION")
+    assert evaluation.passed
+    assert evaluation.metadata["extra_columns"].value == EXTRA
+    assert f"not in pandera schema Transactions: {EXTRA}; passed" in evaluation.metadata["warning"].value
+    [observation] = _events(result, "ASSET_OBSERVATION")
+    assert observation.asset_observation.metadata["extra_columns"].value == EXTRA
 
 
 def test_good_sources_pass_every_check(local_edp, spark):
@@ -90,23 +150,28 @@ def test_good_sources_pass_every_check(local_edp, spark):
         assert rows > 0 and violations == [], (name, violations)
 
 
-def test_a_column_pandera_cannot_type_is_reported_not_crashed(spark):
-    from aiml_assets.sources.schemas import ProductHoldings
+def test_every_float_is_finite_and_a_bad_value_is_reported_once(spark):
+    schema = pandera.DataFrameSchema({"x": pandera.Column(T.DoubleType(), pandera.Check.ge(0), nullable=True)},
+                                     name="Floats")
+    df = spark.createDataFrame([(1.0,), (float("inf"),), (float("-inf"),), (float("nan"),), (None,)], "x double")
+    _, violations = validate(schema, df)
+    assert [(v.column, v.rule, v.failed_rows) for v in violations] == [("x", FINITE, 3)]
 
+
+def test_a_column_pandera_cannot_type_is_reported_not_crashed(spark):
     df = spark.sql("SELECT 'H1' AS holding_id, 'C00000001' AS customer_id, NULL AS product_code, "
                    "DATE'2024-01-01' AS opened_date, CAST(NULL AS DATE) AS closed_date")
-    _, violations = validate(ProductHoldings, df)
+    _, violations = validate(SOURCE_MODELS[HOLDINGS], df)
     assert [v.column for v in violations] == ["product_code"]
     assert "expected StringType(), got NullType()" in violations[0].rule
 
 
-def test_examples_name_the_failing_keys(spark):
+def test_examples_name_the_failing_keys_but_messages_do_not(spark):
     df = spark.createDataFrame(
         [("C00000001", "credit_card", "H1"), ("C00000002", "gold_bars", "H2"), ("C00000003", "gold_bars", "H3")],
         "customer_id string, product_code string, holding_id string",
     )
-    from aiml_assets.sources.schemas import ProductHoldings
-
-    _, violations = validate(ProductHoldings, df)
+    _, violations = validate(SOURCE_MODELS[HOLDINGS], df)
     unknown = next(v for v in violations if v.column == "product_code")
     assert (unknown.failed_rows, unknown.examples) == (2, ("holding_id=H2", "holding_id=H3"))
+    assert "H2" not in unknown.describe(3)

@@ -316,7 +316,8 @@ def job_main(args: argparse.Namespace) -> int:
                                            "passed": c.passed, "partition": getattr(c, "partition", None),
                                            "metadata": {k: _meta_value(v) for k, v in c.metadata.items()}})
             for step in steps.values():
-                target = (step["checks"] or step["assets"] or [{"asset": step["step"]}])[0]
+                made = [a for a in step["assets"] if not a.get("observation")]  # an asset step may audit in-step
+                target = (made or step["checks"] or step["assets"] or [{"asset": step["step"]}])[0]
                 step["kind"] = _classify(target["asset"], target.get("check"))
             out["steps"] = sorted(steps.values(), key=lambda s: s.get("start") or 0)
     except BaseException as exc:  # noqa: BLE001 - record what happened, then fail

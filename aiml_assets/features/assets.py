@@ -1,4 +1,8 @@
-"""Lab feature assets: customer features and training sets per monthly snapshot, in the perishable lab bucket."""
+"""Lab feature assets: customer features and training sets per monthly snapshot, in the perishable lab bucket.
+
+Write-audit-publish: each run computes its snapshots, audits every one against its pandera schema in the asset's own
+step, and only then replaces their partitions. A failing rule fails the step with the check's result: nothing is
+written, the partitions already there stay current, and nothing downstream runs."""
 
 
 from datetime import date, timedelta
@@ -13,6 +17,7 @@ from dagster import (
     MonthlyPartitionsDefinition,
     asset,
 )
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -21,7 +26,8 @@ from aiml_assets.features.customer_features import Sources, customer_features, o
 from aiml_assets.features.profile import profile_by_partition
 from aiml_assets.features.schemas import customer_features_schema, training_set_schema
 from aiml_assets.governance.erased import erased_digests, without_erased
-from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.audited_write import audit_spec, audited
+from aiml_assets.quality import table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS, asset_key
@@ -92,6 +98,8 @@ def lab_feature_assets(settings: Settings) -> list:
     products = settings.products
     feature_schema, training_schema = customer_features_schema(products), training_set_schema(products)
 
+    feature_check, training_check = audit_spec(FEATURES_KEY, feature_schema), audit_spec(TRAINING_KEY, training_schema)
+
     @asset(
         key=FEATURES_KEY,
         deps=[asset_key(name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)],
@@ -99,28 +107,32 @@ def lab_feature_assets(settings: Settings) -> list:
         "days, category shares, holdings, campaign contact; only from events strictly before the snapshot.",
         metadata={"dagster/column_schema": table_schema(feature_schema),
                   "dagster/table_name": lab_table(settings, FEATURES_KEY).name},
+        check_specs=[feature_check],
         **common,
     )
-    def customer_features_asset(context: AssetExecutionContext) -> MaterializeResult:
+    def customer_features_asset(context: AssetExecutionContext):
         sources = read_sources(context)
         horizon, spans = transaction_bounds(sources.transactions, _snapshots(context))
         refuse_unfillable(FEATURES_KEY, horizon, _snapshots(context),
                           lambda horizon, snapshot: None if horizon.fills_features(snapshot) else
                           f"features as of {snapshot} would miss the events from {horizon.scoring_day} on")
+        staged = {}
         for snapshot in _snapshots(context):
             context.log.info(f"customer features as of {snapshot}: computing")
-            df = customer_features(sources, snapshot, products)
+            staged[snapshot] = customer_features(sources, snapshot, products).persist(StorageLevel.MEMORY_AND_DISK)
+        result = yield from audited(context, FEATURES_KEY, feature_schema, staged)
+        for snapshot, df in staged.items():
             version = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
-            context.add_asset_metadata({"table_version": MetadataValue.int(version)},
+            lo, hi = spans[snapshot.isoformat()]
+            [profile] = profile_by_partition(df, "snapshot_date").values()
+            context.add_asset_metadata({**profile, "table_version": MetadataValue.int(version),
+                                        "min_event_time_used": MetadataValue.text(str(lo)),
+                                        "max_event_time_used": MetadataValue.text(str(hi))},
                                        partition_key=snapshot.isoformat())
-            context.log.info(f"customer features as of {snapshot}: written, table version {version}")
+            context.log.info(f"customer features as of {snapshot}: audited and written, table version {version}")
+            df.unpersist()
         _register(context, settings, FEATURES_KEY)
-        written = _read_snapshots(context, settings, FEATURES_KEY, _snapshots(context))
-        for key, profile in profile_by_partition(written, "snapshot_date").items():
-            lo, hi = spans[key]
-            context.add_asset_metadata({**profile, "min_event_time_used": MetadataValue.text(str(lo)),
-                                        "max_event_time_used": MetadataValue.text(str(hi))}, partition_key=key)
-        return MaterializeResult()
+        yield MaterializeResult(check_results=[result])
 
     @asset(
         key=TRAINING_KEY,
@@ -129,42 +141,36 @@ def lab_feature_assets(settings: Settings) -> list:
         f"{features.label_window_days} days after the snapshot (customers already holding it are not eligible).",
         metadata={"dagster/column_schema": table_schema(training_schema),
                   "dagster/table_name": lab_table(settings, TRAINING_KEY).name},
+        check_specs=[training_check],
         **common,
     )
-    def training_set_asset(context: AssetExecutionContext) -> MaterializeResult:
+    def training_set_asset(context: AssetExecutionContext):
         sources = read_sources(context)
         window = timedelta(days=features.label_window_days)
         refuse_unfillable(TRAINING_KEY, observed_horizon(sources.transactions), _snapshots(context),
                           lambda horizon, snapshot: None if horizon.completes_labels(snapshot, window.days) else
                           f"the {window.days}-day label window ends {snapshot + window}; labels would be incomplete")
-        for snapshot in _snapshots(context):
-            rows = labelled(_read_snapshots(context, settings, FEATURES_KEY, [snapshot]), sources.holdings,
-                            snapshot, window, products)
+        staged = {snapshot: labelled(_read_snapshots(context, settings, FEATURES_KEY, [snapshot]), sources.holdings,
+                                     snapshot, window, products).persist(StorageLevel.MEMORY_AND_DISK)
+                  for snapshot in _snapshots(context)}
+        result = yield from audited(context, TRAINING_KEY, training_schema, staged)
+        for snapshot, rows in staged.items():
             _write_snapshot(context, settings, TRAINING_KEY, rows, snapshot)
-            context.log.info(f"training set as of {snapshot}: written")
-        _register(context, settings, TRAINING_KEY)
-        written = _read_snapshots(context, settings, TRAINING_KEY, _snapshots(context))
-        per_product = written.groupBy("snapshot_date", "product_code").agg(
-            F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate")).collect()
-        for key in context.partition_keys:
-            stats = {r["product_code"]: (r["rows"], r["rate"]) for r in per_product if str(r["snapshot_date"]) == key}
+            stats = {r["product_code"]: (r["rows"], r["rate"]) for r in rows.groupBy("product_code").agg(
+                F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate")).collect()}
             context.add_asset_metadata({
                 "dagster/row_count": MetadataValue.int(sum(n for n, _ in stats.values())),
                 "rows_per_product": MetadataValue.json({p: n for p, (n, _) in sorted(stats.items())}),
                 "positive_rate_per_product": MetadataValue.json({p: round(r, 5)
                                                                  for p, (_, r) in sorted(stats.items())}),
-            }, partition_key=key)
-        return MaterializeResult(metadata={"snapshots": MetadataValue.text(", ".join(context.partition_keys))})
+            }, partition_key=snapshot.isoformat())
+            context.log.info(f"training set as of {snapshot}: audited and written")
+            rows.unpersist()
+        _register(context, settings, TRAINING_KEY)
+        yield MaterializeResult(metadata={"snapshots": MetadataValue.text(", ".join(context.partition_keys))},
+                                check_results=[result])
 
-    def check(key: AssetKey, schema):
-        return pandera_check(
-            key, schema,
-            lambda context: _read_snapshots(context, settings, key, _snapshots(context)),
-            RESOURCES, partitions_def=snapshots,
-        )
-
-    return [customer_features_asset, training_set_asset,
-            check(FEATURES_KEY, feature_schema), check(TRAINING_KEY, training_schema)]
+    return [customer_features_asset, training_set_asset]
 
 
 def labelled(features: DataFrame, holdings: DataFrame, snapshot: date, window: timedelta, products: list[str]):

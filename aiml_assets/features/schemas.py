@@ -33,6 +33,9 @@ def _feature_columns(products: list[str]) -> dict[str, pa.Column]:
         columns[f"holds_{p}"] = _col(T.IntegerType(), f"1 if {p} is held at the snapshot", pa.Check.isin([0, 1]))
     columns["contacts_365d"] = _count("Campaign contacts in the 365 days before the snapshot")
     columns["responses_365d"] = _count("Campaign responses in the 365 days before the snapshot")
+    # Every float column must also be finite (quality.FINITE). The source refuses infinite amounts, but a sum of
+    # finite ones can still overflow to inf, and its shares become NaN (inf / inf), which customer_features' fillna
+    # turns into 0.0 (Spark fills NaN as well as null): the spend column's finite rule is what catches that.
     for d in WINDOWS:
         columns[f"spend_{d}d"] = _col(T.DoubleType(), f"Spend (GBP) in the {d} days before", pa.Check.ge(0))
     for d in WINDOWS:

@@ -33,7 +33,7 @@ from aiml_assets.models.gate import decide
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
 from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
 from aiml_assets.models.training import (
-    evaluate, log_and_register, registered_name, score, train, validation_metrics,
+    FEATURE_IMPORTANCE, evaluate, log_and_register, registered_name, score, train, validation_metrics,
 )
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
@@ -135,7 +135,8 @@ def model_assets(settings: Settings) -> list:
         asset=MODEL_KEY, name="validation_gate", blocking=True, partitions_def=products,
         required_resource_keys=MODEL_RESOURCES,
         description="Reloads the registered version, re-scores its validation snapshot, and requires the env file's "
-        "thresholds and no loss against the champion; on pass the version gets the challenger alias.",
+        "thresholds, no loss against the champion and no result too good to be true (a leak alarm naming the top "
+        "features); on pass the version gets the challenger alias.",
     )
     def validation_gate(context: AssetCheckExecutionContext) -> AssetCheckResult:
         candidate = _candidate(context, settings)
@@ -144,7 +145,8 @@ def model_assets(settings: Settings) -> list:
         champion = None
         if champion_version is not None and champion_version != candidate.version:
             champion = evaluate(registry.load(candidate.name, champion_version), candidate.validation)
-        decision = decide(settings.models.gate, candidate.metrics, champion, champion_version)
+        importance = mlflow.artifacts.load_dict(f"runs:/{candidate.run_id}/{FEATURE_IMPORTANCE}")
+        decision = decide(settings.models.gate, candidate.metrics, champion, champion_version, importance)
         # The scores' own schema is part of the verdict: the alias must not go to a version whose
         # ModelScores_schema check (a separate step) could still fail after this one passed.
         rows, violations = validate(scores_schema, scores_frame(context, candidate))
@@ -154,7 +156,8 @@ def model_assets(settings: Settings) -> list:
         client.set_model_version_tag(candidate.name, version, "gate_metrics",
                                      json.dumps({"candidate": decision.candidate, "champion": decision.champion}))
         client.set_model_version_tag(candidate.name, version, GATE_TAG, "passed" if decision.passed else "failed")
-        metadata = {"model_version": MetadataValue.int(candidate.version), **_metric_metadata(decision.candidate)}
+        metadata = {"model_version": MetadataValue.int(candidate.version), **_metric_metadata(decision.candidate),
+                    "top_features": MetadataValue.json(decision.top_features)}
         if decision.champion is not None:
             metadata["champion_version"] = MetadataValue.int(champion_version)
             metadata["champion_roc_auc"] = MetadataValue.float(round(decision.champion["roc_auc"], 6))
@@ -215,6 +218,7 @@ def model_assets(settings: Settings) -> list:
 class Candidate:
     name: str
     version: int
+    run_id: str  # the MLflow run that trained and registered it
     validation: pd.DataFrame
     scores: np.ndarray  # the registered version's, on `validation`
     metrics: dict[str, float]
@@ -231,7 +235,7 @@ def _candidate(context, settings: Settings) -> Candidate:
     validation = read_training_data(context, settings, product, version=int(tags["training_table_version"]),
                                     snapshots=[tags["validation_snapshot"]]).rows
     scores = score(registry.load(name, version), validation)
-    return Candidate(name, version, validation, scores, validation_metrics(validation, scores))
+    return Candidate(name, version, run.info.run_id, validation, scores, validation_metrics(validation, scores))
 
 
 def _lineage(context) -> list[str]:

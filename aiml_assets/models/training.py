@@ -40,6 +40,7 @@ PARAMS = {"learning_rate": 0.05, "max_iter": 100, "max_leaf_nodes": 8, "min_samp
 
 VERSION_TAG = "registered_model_version"  # run tag: the version this run's registration returned
 REFERENCE_PROFILE = "reference_profile.json"  # run artifact: the training rows' feature distribution (drift)
+FEATURE_IMPORTANCE = "plots/feature_importance.json"  # run artifact: feature name -> importance (aggregate)
 
 
 class NotEnoughSnapshots(ValueError):
@@ -174,7 +175,7 @@ def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, pr
                 (Path(tmp) / file_name).write_bytes(png)
                 mlflow.log_artifact(str(Path(tmp) / file_name), artifact_path="plots")
         if importance:
-            mlflow.log_dict(importance, "plots/feature_importance.json")
+            mlflow.log_dict(importance, FEATURE_IMPORTANCE)
         mlflow.log_dict(trained.reference_profile, REFERENCE_PROFILE)
         info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
                                         registered_model_name=name, serialization_format="skops",

@@ -1,8 +1,9 @@
 """The four EDP data products we consume, as external assets observed through the catalog.
 
 EDP owns them; we never materialize them. An observation records what the UI should show of each: row count,
-latest event time and the Delta table version, which is also the asset's data version. Each has a blocking
-pandera check, so bad source data stops everything that reads it.
+latest event time, the Delta table version (also the asset's data version) and the columns its model does not
+declare (a schema drift). Each has a blocking pandera check, so bad source data stops everything that reads it; an
+unexpected column fails it where the env file's `sources.extra_columns` says so for the product, else is a warning.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from dagster import AssetKey, AssetSpec, DataVersion, MetadataValue, ObserveResult, multi_observable_source_asset
 from pyspark.sql import functions as F
 
-from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.quality import extra_columns, pandera_check, table_schema
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
-from aiml_assets.sources.schemas import SOURCE_MODELS
+from aiml_assets.settings import Settings
+from aiml_assets.sources.relationships import relationship_checks
+from aiml_assets.sources.schemas import SOURCE_MODELS, source_models
 
 EDP_GROUP = "edp_sources"
 EDP_OWNER = "team:edp"
@@ -53,10 +56,12 @@ def edp_source_products(context):
     for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
         name = ".".join(key.path)
         version = catalog.version(name)
-        stats = catalog.read(session, name).agg(
-            F.count(F.lit(1)).alias("rows"), F.max(EVENT_TIME[name]).alias("latest")
-        ).first()
+        product = catalog.read(session, name)
+        stats = product.agg(F.count(F.lit(1)).alias("rows"), F.max(EVENT_TIME[name]).alias("latest")).first()
+        drift = extra_columns(SOURCE_MODELS[name], product)
         context.log.info(f"observed {name}: {stats['rows']} rows, version {version}")
+        if drift:
+            context.log.warning(f"{name}: {len(drift)} column(s) its model does not declare: {', '.join(drift)}")
         yield ObserveResult(
             asset_key=key,
             data_version=DataVersion(str(version)),
@@ -64,6 +69,7 @@ def edp_source_products(context):
                 "dagster/row_count": MetadataValue.int(stats["rows"]),
                 "latest_event_time": MetadataValue.text(str(stats["latest"])),
                 "table_version": MetadataValue.int(version),
+                "extra_columns": MetadataValue.text(", ".join(drift) or "none"),
             },
         )
 
@@ -72,5 +78,10 @@ def _reader(name: str):
     return lambda context: context.resources.catalog.read(context.resources.spark.get_session(), name)
 
 
-EDP_CHECKS = [pandera_check(asset_key(name), model, _reader(name), {"spark", "catalog"})
-              for name, model in SOURCE_MODELS.items()]
+def source_checks(settings: Settings) -> list:
+    """The blocking checks of the products, from `settings`: one pandera check per product (columns, ranges, extra
+    columns), and one per child product across rows and products (references, event order, natural keys, monthly
+    completeness and volume)."""
+    schemas = [pandera_check(asset_key(name), model, _reader(name), {"spark", "catalog"})
+               for name, model in source_models(settings).items()]
+    return schemas + relationship_checks(settings, asset_key, _reader)
