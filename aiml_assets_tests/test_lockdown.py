@@ -384,3 +384,17 @@ def test_the_real_scoring_schedule_signs_what_its_executor_accepts(aiml_home, mo
         assert "expired" in signature_refusal(**verdict, now=tick + timedelta(hours=25))
         other = "prod" if env == "uat" else "uat"
         assert "did not sign" in signature_refusal(**{**verdict, "environment": other}, now=tick)
+
+
+@pytest.mark.parametrize("now", [datetime(2026, 12, 1, 9, tzinfo=UTC), datetime(2028, 2, 29, 23, 59, tzinfo=UTC),
+                                 datetime(2030, 1, 1, 0, 0, tzinfo=UTC)])
+def test_the_change_window_follows_the_injected_clock_not_the_calendar(now):
+    from aiml_assets.governance.change_management import check_record
+
+    window = {"start_date": f"{now - timedelta(hours=1):%Y-%m-%d %H:%M:%S}",
+              "end_date": f"{now + timedelta(hours=1):%Y-%m-%d %H:%M:%S}"}
+    record = {**_record(**window)}
+    check_record("CHG0012345", record, RELEASE, now, "u_release_tags")  # in its window on that day
+    for outside in (now - timedelta(hours=2), now + timedelta(hours=2)):
+        with pytest.raises(ChangeRequestRefused, match="outside its planned window"):
+            check_record("CHG0012345", record, RELEASE, outside, "u_release_tags")
