@@ -20,7 +20,7 @@ class AssetTable:
     name: str  # catalog.schema.table
     role: str  # bucket role in resources/<env>.yaml
     key: str  # key of the table's folder in that bucket
-    partition_column: str
+    partition_column: str | None  # None: unpartitioned, each write replaces the whole table
     owner: str  # the catalog principal that owns the table
 
     def location(self, context) -> str:
@@ -31,6 +31,10 @@ class AssetTable:
         return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id,
                                               partition_by=[self.partition_column],
                                               replace={self.partition_column: value})
+
+    def overwrite(self, context, df: DataFrame) -> int:
+        """Replace the whole table atomically; returns its new Delta version."""
+        return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id)
 
     def register(self, context, *, comment: str, properties: dict) -> None:
         """Name the table in the catalog (on Unity Catalog a few SQL statements, so once per run)."""

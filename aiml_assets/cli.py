@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="run as if today were this date (default: today, UK time): it only bounds the "
                          "partitions that exist; the snapshots and scoring day follow the data")
     commands.add_parser("prepare-instance", help="create the local Dagster home with its dagster.yaml")
-    digest_cmd = commands.add_parser("digest", help="the SHA-256 digests of customer ids, for a gdpr_erasure run's "
-                                     "config (which Dagster keeps: never put the ids themselves in it)")
+    digest_cmd = commands.add_parser("digest", help="the keyed digests (HMAC-SHA256 under AIML_ENV's erasure key) of "
+                                     "customer ids, for a gdpr_erasure run's config (which Dagster keeps: never put "
+                                     "the ids themselves in it)")
     digest_cmd.add_argument("customer_ids", nargs="+")
     promote_cmd = commands.add_parser("promote", help="promote a gated model version to uat, or from uat to prod, "
                                       "under a change request (writes the release manifest, audited)")
@@ -136,9 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "digest":
-        from aiml_assets.governance.erased import digest
+        from aiml_assets.governance.erased import ErasureKeyMissing, digest, erasure_key
 
-        print("\n".join(sorted(digest(customer_id) for customer_id in set(args.customer_ids))))
+        try:
+            key = erasure_key(load_settings())
+        except ErasureKeyMissing as exc:
+            print(f"REFUSED: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(sorted(digest(customer_id, key) for customer_id in set(args.customer_ids))))
         return 0
     if args.command == "prepare-instance":
         print(prepare_instance())

@@ -4,7 +4,8 @@ The pandera model is the one source of truth for an asset's columns (types, null
 key uniqueness) and also gives the asset's TableSchema metadata. pandera.pyspark validates the schema level itself
 (columns present, types) but runs one Spark job per data check; on a 50M-row table that costs more than the
 asset. So the model's row rules are compiled into Spark expressions and evaluated together in one aggregation,
-key uniqueness in one key-only group-by, and only a failing rule costs one more small query for example keys.
+and key uniqueness in one key-only group-by. Each violation keeps its rule's condition, so that a failing check can
+write the offending rows to its quarantine table (quarantine.py): one more Spark job, only when a rule fails.
 
 Every float column must be finite (no NaN, inf or -inf); its other rules judge only its finite values, so that a
 bad row is reported once. Rules beyond pandera's built-in checks live in a column's `metadata`:
@@ -15,20 +16,20 @@ bad row is reported once. Rules beyond pandera's built-in checks live in a colum
 A column the model does not declare fails if the model is strict (`Config.strict`), else passes with a warning in
 the check's metadata.
 
-Messages and metadata carry assets, columns, rules and counts only: no key or value of any row.
+Messages and metadata carry assets, columns, rules and counts only: no key or value of any row leaves the data
+plane; the rows themselves are found in the quarantine table the message names.
 """
 
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import pandera.pyspark as pa
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetKey,
     MetadataValue,
     TableColumn,
@@ -38,13 +39,13 @@ from dagster import (
     asset_check,
 )
 from pandera.config import ValidationDepth, config_context
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from aiml_assets.quarantine import QUARANTINE_RESOURCES, check_result, offending_rows, quarantine, quarantine_table
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
-
-EXAMPLES = 3
+from aiml_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,14 @@ class Violation:
     column: str
     rule: str
     failed_rows: int | None  # None for schema-level failures (a missing column, a wrong type)
-    examples: tuple[str, ...] = ()
+    # TRUE for the failing rows, for the quarantine; None where no row fails (schema level, monthly volume)
+    condition: Column | None = field(default=None, compare=False, repr=False)
 
-    def describe(self, total: int, *, examples: bool = False) -> str:
-        """Counts only, unless `examples`: example keys are customer data, kept out of Dagster's event log."""
+    def describe(self, total: int) -> str:
+        """Counts only: the offending rows are customer data and go to a quarantine table, never into a message."""
         if self.failed_rows is None:
             return f"column {self.column}: {self.rule}"
-        example = f" (e.g. {', '.join(self.examples)})" if self.examples and examples else ""
-        return f"column {self.column}: {self.rule} failed for {self.failed_rows} of {total} rows{example}"
+        return f"column {self.column}: {self.rule} failed for {self.failed_rows} of {total} rows"
 
 
 Model = type[pa.DataFrameModel] | pa.DataFrameSchema  # a class for fixed columns, a schema object for dynamic ones
@@ -203,17 +204,16 @@ def _schema_violations(schema: pa.DataFrameSchema, df: DataFrame) -> list[Violat
     return violations
 
 
-def _describe_row(row, columns: list[str] | None = None) -> str:
-    values = row.asDict()
-    return ", ".join(f"{k}={values[k]}" for k in (columns or values))
+def repeated(columns: list[str]) -> Column:
+    """TRUE for every row but one of each value of `columns` (a window: select it, it cannot filter)."""
+    return F.row_number().over(Window.partitionBy(*columns).orderBy(*columns)) > 1
 
 
 def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
     """Row count and every violation of `model` in `df`.
 
     Two Spark jobs: one aggregation for every row rule, and one key-only group-by for uniqueness (a distinct
-    count inside the big aggregation would make Spark expand every row). A failing rule costs one more small
-    query for a few example keys.
+    count inside the big aggregation would make Spark expand every row).
     """
     schema = as_schema(model)
     violations = _schema_violations(schema, df)
@@ -231,22 +231,17 @@ def validate(model: Model, df: DataFrame) -> tuple[int, list[Violation]]:
     if rows == 0:
         violations.append(Violation("(all)", "not empty: the table has no rows", None))
     for i, ((column, rule), cond) in enumerate(conditions.items()):
-        failed = totals[f"c{i}"] or 0
-        if failed:
-            sample = df.filter(cond).select(*(keys or [column])).limit(EXAMPLES).collect()
-            violations.append(Violation(column, rule, failed, tuple(_describe_row(row) for row in sample)))
+        if failed := totals[f"c{i}"] or 0:
+            violations.append(Violation(column, rule, failed, cond))
     if keys and rows:
         duplicates = df.groupBy(*keys).agg(F.count(F.lit(1)).alias("n")).filter("n > 1")
-        extra = duplicates.agg(F.sum(F.col("n") - 1)).first()[0]
-        if extra:
-            sample = tuple(_describe_row(row, keys) for row in duplicates.limit(EXAMPLES).collect())
-            violations.append(Violation(",".join(keys), "unique", extra, sample))
+        if extra := duplicates.agg(F.sum(F.col("n") - 1)).first()[0]:
+            violations.append(Violation(",".join(keys), "unique", extra, repeated(keys)))
     return rows, violations
 
 
-def failure_message(asset: AssetKey, rows: int, violations: list[Violation]) -> str:
-    lines = [v.describe(rows) for v in violations]
-    return f"{asset.to_user_string()} failed its pandera schema:\n  " + "\n  ".join(lines)
+def check_name(model: Model) -> str:
+    return f"{as_schema(model).name}_schema"
 
 
 def pandera_check(
@@ -255,38 +250,39 @@ def pandera_check(
     read: Callable[[AssetCheckExecutionContext], DataFrame],
     required_resource_keys: set[str],
     partitions_def=None,
+    settings: Settings | None = None,
 ):
     """A blocking asset check enforcing `model` on what `read` returns; a failure stops everything downstream.
 
+    With `settings`, a failure writes the offending rows to the check's quarantine table (quarantine.py); callers
+    without them report counts only.
     The check reads the data where it lives, so like the assets it runs through the step launcher (on Databricks
     in lab/uat/prod; in-process locally)."""
     name = as_schema(model).name
+    table = quarantine_table(settings, asset, check_name(model)) if settings else None
 
     @asset_check(
         asset=asset,
-        name=f"{name}_schema",
+        name=check_name(model),
         blocking=True,
         description=f"pandera schema {name}: types, nullability, finite numbers, ranges, allowed values, unique "
-        "keys, unexpected columns",
-        required_resource_keys={*required_resource_keys, STEP_LAUNCHER_KEY},
+        "keys, unexpected columns" + ("; failing rows go to " + table.name if table else ""),
+        required_resource_keys={*required_resource_keys, STEP_LAUNCHER_KEY, *(QUARANTINE_RESOURCES if table else ())},
         partitions_def=partitions_def,
     )
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
         df = read(context)
         rows, violations = validate(model, df)
-        metadata = {"rows": MetadataValue.int(rows), "violations": MetadataValue.int(len(violations))}
+        metadata = {"rows": MetadataValue.int(rows)}
         drift = extra_columns(model, df)
         if drift and not as_schema(model).strict:  # strict: validate reported them as violations
             warning = (f"{asset.to_user_string()}: {len(drift)} column(s) not in pandera schema {name}: "
                        f"{', '.join(drift)}; passed with this warning (the schema is not strict)")
             context.log.warning(warning)
             metadata |= {"extra_columns": MetadataValue.text(", ".join(drift)), "warning": MetadataValue.text(warning)}
-        if violations:
-            message = failure_message(asset, rows, violations)
-            context.log.error(message)
-            metadata["failures"] = MetadataValue.md("\n".join(f"- {v.describe(rows)}" for v in violations))
-            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=message,
-                                    metadata=metadata)
-        return AssetCheckResult(passed=True, metadata=metadata)
+        partition = context.partition_key if partitions_def is not None else None
+        quarantined = quarantine(context, table, offending_rows(df, violations, partition))
+        return check_result(context, asset, "its pandera schema", [v.describe(rows) for v in violations], metadata,
+                            quarantined)
 
     return _check

@@ -258,6 +258,13 @@ class LockdownSettings(_Strict):
     tick_wait_seconds: float = Field(120, ge=0, le=900)
 
 
+class ErasureSettings(_Strict):
+    """GDPR erasure (governance/erased.py): customers are recorded and matched as HMAC-SHA256 digests under this
+    environment's erasure key, held only in the variable named here (a Databricks secret remotely)."""
+
+    key_env: str = Field("AIML_ERASURE_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
+
+
 class ReleaseEntry(_Strict):
     """One deployed model version: what UAT and prod pull from Nexus, and the change request that put it there."""
 
@@ -292,6 +299,7 @@ class Settings(_Strict):
     inference: InferenceSettings | None = None
     publication: PublicationSettings | None = None
     lockdown: LockdownSettings | None = None  # required in uat and prod: no run launched by hand
+    erasure: ErasureSettings = ErasureSettings()
     # product -> deployed versions; written by the promotion job (`aiml promote`), never by hand
     release_manifest: dict[str, ProductRelease] = {}
 
@@ -299,6 +307,13 @@ class Settings(_Strict):
     def _databricks_when_remote(self) -> Settings:
         if self.compute == "databricks" and self.databricks is None:
             raise ValueError("databricks: required when compute is databricks")
+        return self
+
+    @model_validator(mode="after")
+    def _clusters_get_the_erasure_key(self) -> Settings:
+        if self.databricks is not None and self.erasure.key_env not in {s.name for s in self.databricks.secrets}:
+            raise ValueError(f"databricks.secrets: needs {self.erasure.key_env} from the environment's secret scope "
+                             "(erasure.key_env): without it no run can leave erased customers out")
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from moto import mock_aws
 
 from aiml_assets.resources.spark import SparkResource
 from aiml_assets.settings import load_settings
+from aiml_assets_tests.local_environment import TEST_ERASURE_KEY
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,7 @@ def aiml_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("AIML_HOME", str(home))
     monkeypatch.setenv("AIML_ENV", "local")
+    monkeypatch.setenv("AIML_ERASURE_KEY", TEST_ERASURE_KEY)
     load_settings.cache_clear()
     yield home
     load_settings.cache_clear()

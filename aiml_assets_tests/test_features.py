@@ -133,7 +133,7 @@ def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_e
                 asset_key=FEATURES_KEY, asset_partitions=[key]), limit=1).records
             meta = events[0].asset_materialization.metadata
             assert meta["dagster/row_count"].value == counts[key]
-            assert str(date.fromisoformat(key) - timedelta(days=3)) < meta["max_event_time_used"].value < key
+            assert str(date.fromisoformat(key) - timedelta(days=3)) <= meta["max_event_time_used"].value < key
             training = instance.fetch_materializations(records_filter=AssetRecordsFilter(
                 asset_key=TRAINING_KEY, asset_partitions=[key]), limit=1).records[0].asset_materialization.metadata
             rows = local_edp.read(spark, "aiml_local.lab.training_set").filter(f"snapshot_date = '{key}'").count()
@@ -173,6 +173,12 @@ def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_e
         assert evaluation.description.startswith("lab/customer_features failed its pandera schema; nothing was written")
         assert "partition 2026-10-01: column region: isin(" in evaluation.description
         assert "failed for 4 of " in evaluation.description and "Atlantis" not in evaluation.description
+        quarantined = local_edp.read(spark, evaluation.metadata["quarantine_table"].value).toPandas()
+        assert f"4 offending rows (one per failing rule and row) are in quarantine table " \
+            f"{evaluation.metadata['quarantine_table'].value}" in evaluation.description
+        assert (len(quarantined), set(quarantined["region"]), set(quarantined["quarantine_partition"])) == (
+            4, {"Atlantis"}, {"2026-10-01"})
+        assert not any(c in evaluation.description + str(evaluation.metadata) for c in quarantined["customer_id"])
         assert _files(location) == after  # the good October partition is still the current one
         assert local_edp.read(spark, "aiml_local.lab.customer_features").filter(
             "snapshot_date = '2026-10-01'").count() == october_rows

@@ -3,11 +3,13 @@
 One module-scoped platform: a seeded EDP, the lab features, a model per product promoted through UAT to prod's
 champion under the local change request, and a second credit_card version promoted to prod as its challenger (the
 canary's model). Tests then run the daily scoring job for their own days, on or before the day after the EDP
-data ends (2026-11-01): later days would be scored on stale data, and scoring_features refuses them. Tests that break
-things run last.
+data ends (2026-11-01): later days would be scored on stale data, and scoring_features refuses them. A test that
+breaks something puts it back, so the tests run in any order.
 """
 
 import hashlib
+import shutil
+import threading
 from datetime import date
 import json
 from contextlib import contextmanager
@@ -23,7 +25,8 @@ from aiml_assets.definitions import MAIN_JOB, MODELS_JOB, SCORING_JOB, build_def
 from aiml_assets.edp.seed import seed_edp
 from aiml_assets.features.customer_features import offers
 from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED
-from aiml_assets.governance.erasure import ERASURE_JOB
+from aiml_assets.governance.erased import digest, erasure_key
+from aiml_assets.governance.erasure import ERASURE_JOB, RETRAIN_TAG
 from aiml_assets.inference.assets import DEPLOYED_MODEL_KEY, SCORES_KEY, SCORING_FEATURES_KEY
 from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
 from aiml_assets.models.binary import nexus_paths
@@ -35,6 +38,7 @@ from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import load_settings
 from local_environment import local_environment
+from nexus_server import NexusServer
 
 SNAPSHOTS = ("2026-08-01", "2026-10-01")
 CUSTOMERS = 4000  # enough positives per product for every model to pass the gate (see test_models)
@@ -329,7 +333,7 @@ def test_a_product_without_a_champion_is_left_out_and_the_others_are_scored(plat
     assert platform.scores("2026-10-26").count() == 0
 
 
-def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scoring(platform, first_day):
+def test_an_erasure_request_removes_customers_from_every_table_and_from_later_scoring(platform, first_day):
     day = "2026-10-27"
     training = platform.table("aiml_local.lab.training_set")
     erased = sorted(r[0] for r in training.filter(F.col("product_code") == "credit_card")
@@ -339,7 +343,7 @@ def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scorin
                     features.filter(F.col("customer_id").isin(erased)).count())
     features_before = platform.catalog.version("aiml_local.lab.customer_features")
     job = build_definitions(settings=platform.settings).resolve_job_def(ERASURE_JOB)
-    digests = [hashlib.sha256(c.encode()).hexdigest() for c in erased]
+    digests = [digest(c, erasure_key(platform.settings)) for c in erased]
 
     result = job.execute_in_process(instance=platform.instance, tags={"aiml/requested_by": "privacy-office"},
                                     run_config={"ops": {"erase_customers": {"config": {
@@ -360,6 +364,7 @@ def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scorin
     models = events["erasure"]["details"]["models_trained_on_them"]
     name = registered_name(platform.settings.catalog.aiml_catalog, "credit_card")
     assert models[f"{name} v1"] == models[f"{name} v{platform.challenger}"] == "yes"
+    assert platform.resources["mlflow"].client().get_model_version(name, "1").tags[RETRAIN_TAG] == "DSR-2026-0042"
     assert sum(events["erasure"]["details"]["rows_removed"]["aiml_local.lab.customer_features"].values()) == held
 
     later = platform.run(day, selection=[SCORING_FEATURES_KEY, DEPLOYED_MODEL_KEY, SCORES_KEY])
@@ -367,4 +372,77 @@ def test_an_erasure_request_removes_customers_from_the_lab_and_from_later_scorin
     for table in ("aiml_local.inference.scoring_features", "aiml_local.inference.propensity_scores"):
         rows = platform.table(table).filter(F.col("snapshot_date") == day)
         assert rows.count() > 0 and rows.filter(F.col("customer_id").isin(erased)).count() == 0, table
-    assert platform.scores(DAY).filter(F.col("customer_id").isin(erased)).count() > 0  # only later scoring
+    assert platform.scores(DAY).filter(F.col("customer_id").isin(erased)).count() == 0  # past scores erased too
+
+
+class NexusGoingDown(NexusServer):
+    """The platform's Nexus folder served over HTTP, going down (the connection dropped, then the port closed) at the
+    first binary asked for twice: the scores step's pull, after prod/deployed_model pulled each binary once."""
+
+    def __init__(self, folder: Path, goes_down: bool = True):
+        super().__init__(repositories=[folder.name])
+        self.files = {(folder.name, f.relative_to(folder).as_posix()): f.read_bytes()
+                      for f in folder.rglob("*") if f.is_file()}
+        self.goes_down, self.pulled = goes_down, set()
+
+    def handle(self, method, request_path, authorization, body):
+        if self.goes_down and method == "GET" and request_path.endswith("/model.zip"):
+            if request_path in self.pulled:
+                threading.Thread(target=self.stop).start()
+                raise ConnectionAbortedError("Nexus went down")  # the client's connection drops unanswered
+            self.pulled.add(request_path)
+        return super().handle(method, request_path, authorization, body)
+
+
+def _over_http(settings, url: str):
+    return settings.model_copy(update={"nexus": settings.nexus.model_copy(update={"kind": "http", "url": url})})
+
+
+def test_nexus_going_down_inside_a_scoring_run_scores_nothing_and_a_rerun_completes(platform, first_day, monkeypatch):
+    day, scores = "2026-10-25", "aiml_local.inference.propensity_scores"
+    monkeypatch.setenv("NEXUS_USERNAME", "aiml-ci")
+    monkeypatch.setenv("NEXUS_PASSWORD", "not-a-secret")
+    folder = Path(platform.resources["nexus"].root)
+    before = platform.cdp_entry(), platform.catalog.entry(scores), platform.catalog.version(scores)
+    with NexusGoingDown(folder) as nexus:
+        url = nexus.url
+        result = platform.run(day, _over_http(platform.settings, url))
+    assert not result.success
+    failures = {e.step_key: str(e.step_failure_data.error) for e in result.get_step_failure_events()}
+    assert "prod__propensity_scores" in failures
+    for failure in failures.values():  # which binary, where, and that nothing was scored
+        assert f"GET {url}/repository/aiml-models/models/" in failure and "failed: ConnectionError" in failure
+        assert "Nothing is scored" in failure
+    # nothing half-registered: no scores commit, no catalog change, and the CDP step never ran
+    assert (platform.cdp_entry(), platform.catalog.entry(scores), platform.catalog.version(scores)) == before
+    assert platform.scores(day).count() == 0
+    assert CDP_KEY not in {e.asset_key for e in result.get_asset_materialization_events()}
+
+    with NexusGoingDown(folder, goes_down=False) as nexus:  # Nexus is back: the failed steps again
+        rerun = platform.run(day, _over_http(platform.settings, nexus.url),
+                             selection=[SCORES_KEY, PARALLEL_RUN_KEY, CDP_KEY])
+    assert rerun.success
+    assert platform.scores(day).count() == platform.table("aiml_local.inference.parallel_run_report").filter(
+        F.col("snapshot_date") == day).count() > 0
+    assert platform.cdp_entry() == before[0]  # an earlier day than the one published
+
+
+def test_an_audit_log_missing_its_newest_commit_stops_the_next_publication(platform, first_day, tmp_path):
+    audit_log = Path(platform.resources["audit"].location)
+    registry = platform.home / "catalog" / "registry.sqlite"
+    shutil.copytree(audit_log, tmp_path / "audit_log")
+    shutil.copy(registry, tmp_path / "registry.sqlite")
+    before = platform.cdp_entry()
+    try:
+        # someone with write access to the audit bucket removed the newest event's commit
+        max((audit_log / "_delta_log").glob("*.json")).unlink()
+        result = platform.run(DAY, selection=[CDP_KEY])
+        after = platform.cdp_entry()
+    finally:  # the platform as it was, for the other tests
+        shutil.rmtree(audit_log)
+        shutil.copytree(tmp_path / "audit_log", audit_log)
+        shutil.copy(tmp_path / "registry.sqlite", registry)
+    assert not result.success
+    failure = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "audit log" in failure.lower(), failure
+    assert after == before

@@ -61,6 +61,7 @@ def test_registration_records_its_own_versions_under_a_dotted_name(tmp_path):
     assert [version for _, version in runs] == [1, 2]
     client = resource.client()
     assert client.get_model_version(name, "2").run_id == runs[1][0]
+    assert client.get_model_version(name, "2").tags["product"] == "credit_card"  # registered with the run's tags
     run = client.get_run(runs[0][0])
     assert run.data.metrics["roc_auc"] > 0.6 and run.data.tags["git_commit"]
 
@@ -73,3 +74,24 @@ def test_the_input_example_shipped_with_the_model_is_nobodys_record():
     assert len(example) == 1 and list(example.columns) == list(x.columns)
     assert example["spend_365d"].iloc[0] == pytest.approx(x["spend_365d"].median())
     assert not (x.round(6) == example.round(6).iloc[0]).all(axis=1).any()  # matches no customer's row
+
+
+def test_a_run_left_running_names_no_version_and_is_ended_failed(tmp_path):
+    """What an attempt leaves when its process dies, or its store is still locked as MLflow ends the run."""
+    from mlflow import MlflowClient
+
+    from aiml_assets.models.registry import ModelVersionNotFound, end_abandoned_runs, version_registered_by
+    from aiml_assets.models.training import VERSION_TAG
+    from aiml_assets.resources.tracking import MlflowResource
+
+    experiment_id = MlflowResource(tracking_uri="sqlite", registry_uri="sqlite", experiment="/aiml/test",
+                                   home=str(tmp_path)).activate()
+    client = MlflowClient()
+    abandoned = client.create_run(experiment_id, tags={"dagster_run_id": "attempt", "product": "mortgage",
+                                                       VERSION_TAG: "1"}).info.run_id
+    other = client.create_run(experiment_id, tags={"dagster_run_id": "another", "product": "mortgage"}).info.run_id
+    with pytest.raises(ModelVersionNotFound):
+        version_registered_by(experiment_id, ["attempt"], "mortgage")
+    assert end_abandoned_runs(experiment_id, ["attempt", None, "attempt"], "mortgage") == [abandoned]
+    assert client.get_run(abandoned).info.status == "FAILED" and client.get_run(other).info.status == "RUNNING"
+    assert end_abandoned_runs(experiment_id, ["attempt"], "mortgage") == []

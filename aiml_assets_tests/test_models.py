@@ -4,8 +4,15 @@ One module-scoped AIML home: a seeded EDP, the main job's three snapshots, then 
 real SQLite MLflow registry and the local Nexus folder. Tests that change the training data run last.
 """
 
+import hashlib
 import re
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance
@@ -15,12 +22,14 @@ from aiml_assets.definitions import MODELS_JOB, build_definitions
 from aiml_assets.edp.seed import seed_edp
 from aiml_assets.models.assets import BINARY_KEY, MODEL_KEY
 from aiml_assets.models.binary import fetch_metadata, fetch_model, nexus_paths
-from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
-from aiml_assets.models.training import prepare, registered_name
+from aiml_assets.models.promotion import failure_reason, promotion_job, promotion_resources, promotion_run_config
+from aiml_assets.models.registry import BINARY_TAG, CHALLENGER, CHAMPION, GATE_TAG
+from aiml_assets.models.training import VERSION_TAG, prepare, registered_name
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
-from aiml_assets.settings import load_settings
+from aiml_assets.settings import RESOURCES_DIR, NexusSettings, load_settings
 from local_environment import local_environment
+from nexus_server import NexusServer
 
 SNAPSHOTS = ("2026-08-01", "2026-10-01")  # range of the main job: three monthly snapshots
 CUSTOMERS = 4000  # enough positives per product for a stable validation AUC on a 30-day label window
@@ -46,8 +55,8 @@ class Lab:
     def __init__(self, defs, instance, settings, resources):
         self.defs, self.instance, self.settings, self.resources = defs, instance, settings, resources
 
-    def train(self, product: str, only=None):
-        return self.defs.resolve_job_def(MODELS_JOB).execute_in_process(
+    def train(self, product: str, only=None, defs=None):
+        return (defs or self.defs).resolve_job_def(MODELS_JOB).execute_in_process(
             instance=self.instance, tags={"dagster/partition": product}, raise_on_error=False, asset_selection=only)
 
     @property
@@ -112,8 +121,6 @@ def test_every_product_trains_passes_the_gate_and_publishes_its_binary(lab, tmp_
     product = lab.settings.products[0]
     name = lab.name(product)
     version = int(lab.mlflow.get_model_version_by_alias(name, CHALLENGER).version)
-    import mlflow
-
     rows = training.filter(f"product_code = '{product}'").limit(200).toPandas()
     from_nexus = mlflow.sklearn.load_model(str(fetch_model(lab.resources["nexus"], name, version, tmp_path)))
     from_registry = mlflow.sklearn.load_model(f"models:/{name}/{version}")
@@ -131,6 +138,165 @@ def test_back_to_back_trainings_record_their_own_versions(lab):
         assert lab.mlflow.get_run(registered.run_id).data.tags["dagster_run_id"] == result.run_id
         # each run's binary is its own version's
         assert lab.materialization(result, BINARY_KEY).metadata["model_version"].value == version
+
+
+# --- issue 14: the MLflow store locked and Nexus down inside real train_models runs -----------------------------
+
+LOCK_SECONDS = 24  # longer than MLflow's SQLite busy timeout (20 s): one attempt fails, its retry finds the lock gone
+
+
+class StoreLock:
+    """Another connection holding SQLite's write lock on the MLflow database (BEGIN EXCLUSIVE), taken once the
+    query `when` counts a row (at once without one) and released by a timer thread `LOCK_SECONDS` later."""
+
+    def __init__(self, lab, when: str | None = None):
+        lab.resources["mlflow"].activate()  # the database and its tables exist before anyone polls them
+        self.db = Path(lab.resources["mlflow"].home) / "mlflow" / "mlflow.db"
+        self.when, self.taken, self.done = when, threading.Event(), threading.Event()
+
+    def _hold(self) -> None:
+        connection = sqlite3.connect(self.db, isolation_level=None, check_same_thread=False, timeout=30)
+        while self.when and not self.done.is_set() and not connection.execute(self.when).fetchone()[0]:
+            time.sleep(0.01)
+        if self.done.is_set():
+            return
+        connection.execute("BEGIN EXCLUSIVE")
+        self.taken.set()
+        threading.Timer(LOCK_SECONDS, self._release, args=[connection]).start()
+
+    def _release(self, connection) -> None:
+        connection.rollback()
+        connection.close()
+        self.done.set()
+
+    def __enter__(self) -> "StoreLock":
+        threading.Thread(target=self._hold, daemon=True).start()
+        if self.when is None:
+            assert self.taken.wait(30)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.taken.is_set():
+            self.done.set()  # never taken: stop waiting for `when`
+        assert self.done.wait(LOCK_SECONDS + 30)
+
+
+def _retried(result, step: str) -> list[str]:
+    """The errors the attempts of `step` that were retried failed with."""
+    return [e.event_specific_data.error.to_string() for e in result.all_events
+            if e.event_type_value == "STEP_UP_FOR_RETRY" and e.step_key.endswith(step)]
+
+
+def _versions_trained_by(lab, product: str, result) -> list:
+    return [v for v in lab.mlflow.search_model_versions(f"name = '{lab.name(product)}'")
+            if v.tags.get("dagster_run_id") == result.run_id]
+
+
+def _only_usable_version(lab, product: str, result) -> int:
+    """The one version `result` trained that passed the gate, is the challenger and is in Nexus; any other it
+    registered (an attempt that failed) has no verdict and no binary."""
+    name, versions = lab.name(product), _versions_trained_by(lab, product, result)
+    gated = [int(v.version) for v in versions if v.tags.get(GATE_TAG) == "passed"]
+    assert len(gated) == 1, versions
+    assert int(lab.mlflow.get_model_version_by_alias(name, CHALLENGER).version) == gated[0]
+    assert lab.materialization(result, BINARY_KEY).metadata["model_version"].value == gated[0]
+    for other in (v for v in versions if int(v.version) != gated[0]):
+        assert GATE_TAG not in other.tags and BINARY_TAG not in other.tags
+        assert not lab.resources["nexus"].exists(nexus_paths(name, int(other.version)).model)
+    return gated[0]
+
+
+def test_a_store_locked_while_training_logs_fails_naming_it_and_the_retry_leaves_one_usable_version(lab):
+    product = "investment_isa"
+    running = ("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where r.status = 'RUNNING' "
+               f"and t.key = 'product' and t.value = '{product}'")
+    with StoreLock(lab, when=running) as lock:
+        result = lab.train(product)
+    assert lock.taken.is_set() and result.success
+    [error] = _retried(result, "propensity_model")
+    assert f"MLflow store sqlite:///{lock.db} is locked by another connection" in error
+    assert f"while training and registering the model for {product}" in error
+    version = _only_usable_version(lab, product, result)
+    runs = mlflow.search_runs(experiment_ids=[lab.resources["mlflow"].activate()], output_format="list",
+                              filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # nothing left RUNNING
+    finished = next(r for r in runs if r.info.status == "FINISHED")
+    assert finished.data.tags[VERSION_TAG] == str(version)
+    assert all(VERSION_TAG not in r.data.tags for r in runs if r is not finished)
+
+
+def test_a_store_locked_after_registration_holds_the_binary_back_until_the_retry(lab):
+    product = "personal_loan"
+    name = lab.name(product)
+    trained = lab.train(product, only=[MODEL_KEY])
+    assert trained.success and lab.check(trained, "validation_gate").passed
+    version = lab.materialization(trained, MODEL_KEY).metadata["model_version"].value
+    assert BINARY_TAG not in lab.mlflow.get_model_version(name, str(version)).tags
+    with StoreLock(lab) as lock:  # from before model_binary reads the gated version
+        published = lab.train(product, only=[BINARY_KEY])
+    assert published.success
+    [error] = _retried(published, "model_binary")
+    assert f"MLflow store sqlite:///{lock.db} is locked" in error
+    assert f"while publishing the gated version for {product}" in error
+    assert lab.materialization(published, BINARY_KEY).metadata["model_version"].value == version
+    tags = lab.mlflow.get_model_version(name, str(version)).tags
+    assert tags[GATE_TAG] == "passed"
+    assert tags[BINARY_TAG] == lab.resources["nexus"].sha256(nexus_paths(name, version).model)
+
+
+class FailingNexus(NexusServer):
+    """The test Nexus going down (503, as Nexus answers while it is stopping or in maintenance) right after it
+    stored a model.zip, until `down` is cleared."""
+
+    down = False
+
+    def handle(self, method, request_path, authorization, body):
+        if self.down:
+            return 503, "Service Unavailable", b""
+        answer = super().handle(method, request_path, authorization, body)
+        self.down = method == "PUT" and request_path.endswith("/model.zip")
+        return answer
+
+
+def test_nexus_down_during_model_binary_publishes_nothing_usable_and_a_rerun_completes(lab, tmp_path, monkeypatch):
+    product = "credit_card"
+    name, repository = lab.name(product), "aiml-models"
+    monkeypatch.setenv("NEXUS_USERNAME", "aiml")
+    monkeypatch.setenv("NEXUS_PASSWORD", "secret")
+    with FailingNexus(repositories=[repository], username="aiml", password="secret") as server:
+        settings = lab.settings.model_copy(update={"nexus": NexusSettings(kind="http", url=server.url)})
+        defs, resources_dir = build_definitions(settings=settings), shutil.copytree(RESOURCES_DIR, tmp_path / "env")
+
+        def promote(version: int):
+            return promotion_job(settings, promotion_resources(settings, resources_dir)).execute_in_process(
+                run_config=promotion_run_config(product, version, "CHG0000101", "uat"), instance=lab.instance,
+                raise_on_error=False)
+
+        result = lab.train(product, defs=defs)
+        assert not result.success and lab.check(result, "validation_gate").passed
+        version = lab.materialization(result, MODEL_KEY).metadata["model_version"].value
+        paths = nexus_paths(name, version)
+        assert lab.materialization(result, BINARY_KEY) is None
+        [failure] = result.get_step_failure_events()
+        error = failure.step_failure_data.error.to_string()
+        assert f"{name} version {version}: not published, Nexus failed during publication" in error
+        assert f"Nexus HEAD {server.url}/repository/{repository}/{paths.model}: HTTP 503" in error
+        assert len(_retried(result, "model_binary")) == 2
+        # the model.zip got in, its sidecar and metadata.json did not: nothing takes that for a published version
+        assert set(server.files) == {(repository, paths.model)}
+        assert BINARY_TAG not in lab.mlflow.get_model_version(name, str(version)).tags
+        refused = promote(version)
+        assert not refused.success and "no verified binary in Nexus" in failure_reason(refused)
+
+        server.down = False  # Nexus is back
+        rerun = lab.train(product, only=[BINARY_KEY], defs=defs)
+        assert rerun.success and lab.materialization(rerun, BINARY_KEY).metadata["model_version"].value == version
+        assert {path for _, path in server.files} == {paths.model, paths.model + ".sha256", paths.metadata,
+                                                      paths.metadata + ".sha256"}
+        sha256 = hashlib.sha256(server.files[(repository, paths.model)]).hexdigest()
+        assert lab.mlflow.get_model_version(name, str(version)).tags[BINARY_TAG] == sha256
+        promoted = promote(version)
+        assert promoted.success and promoted.output_for_node("promote")["sha256"] == sha256
 
 
 def _rewrite_training_column(lab, product: str, snapshots: list[str], column: str, values) -> None:
@@ -223,3 +389,4 @@ def test_a_leaked_feature_is_blocked_by_the_gate_with_the_leak_named(lab):
     assert "spend_30d" in gate.description.split("top features by importance: ")[1]
     assert next(iter(gate.metadata["top_features"].value)) == "spend_30d"
     _assert_blocked(lab, leaky, name, version, challenger=champion)
+

@@ -1,5 +1,6 @@
 """Bad source input is stopped by the blocking pandera check: a clear message with counts only, nothing downstream
-written; an unexpected column passes with a warning, or fails where its product's setting says so."""
+written, the offending rows in the check's quarantine table; an unexpected column passes with a warning, or fails
+where its product's setting says so."""
 
 import re
 from datetime import date, datetime, timedelta, timezone
@@ -15,6 +16,7 @@ from deltalake import DeltaTable, write_deltalake
 from aiml_assets.definitions import build_definitions
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
 from aiml_assets.quality import FINITE, validate
+from aiml_assets.quarantine import offending_rows
 from aiml_assets.settings import load_settings
 from aiml_assets.sources.edp import asset_key
 from aiml_assets.sources.schemas import CUSTOMERS, HOLDINGS, SOURCE_MODELS, TRANSACTIONS as TX
@@ -125,6 +127,12 @@ def test_bad_source_input_stops_the_graph(case, local_edp, tmp_path):
         if failed_rows is not None:
             assert f"failed for {failed_rows} of " in message, message
         assert not re.search(r"C[0-9]{8}", message + str(evaluation.metadata)), "counts only, no customer keys"
+        if failed_rows is not None:  # a row rule: its rows are in the quarantine the message names
+            table = evaluation.metadata["quarantine_table"].value
+            assert f"{failed_rows} offending rows (one per failing rule and row) are in quarantine table {table}" \
+                in message, message
+            rules = DeltaTable(local_edp.location(table)).to_pandas()["quarantine_rule"]
+            assert len(rules) == failed_rows and rules.str.startswith(f"{column}: ").all(), rules
         # nothing downstream ran or was written
         assert instance.get_latest_materialization_event(FEATURES_KEY) is None
         assert instance.get_latest_materialization_event(TRAINING_KEY) is None
@@ -137,7 +145,7 @@ def test_an_unexpected_column_passes_with_a_warning(local_edp, tmp_path):
         observed = AssetSelection.assets(asset_key(TX)).without_checks()
         result = _run(observed | AssetSelection.checks(_check_key(TX)), instance)
     [evaluation] = _events(result, "ASSET_CHECK_EVALUATION")
-    assert evaluation.passed
+    assert evaluation.passed and "quarantine_table" not in evaluation.metadata
     assert evaluation.metadata["extra_columns"].value == EXTRA
     assert f"not in pandera schema Transactions: {EXTRA}; passed" in evaluation.metadata["warning"].value
     [observation] = _events(result, "ASSET_OBSERVATION")
@@ -166,12 +174,32 @@ def test_a_column_pandera_cannot_type_is_reported_not_crashed(spark):
     assert "expected StringType(), got NullType()" in violations[0].rule
 
 
-def test_examples_name_the_failing_keys_but_messages_do_not(spark):
+def test_the_offending_rows_are_the_rows_each_rule_counts(spark):
     df = spark.createDataFrame(
-        [("C00000001", "credit_card", "H1"), ("C00000002", "gold_bars", "H2"), ("C00000003", "gold_bars", "H3")],
+        [("C00000001", "credit_card", "H1"), ("C00000002", "gold_bars", "H2"), ("C00000003", "gold_bars", "H3"),
+         ("C00000004", "credit_card", "H3")],
         "customer_id string, product_code string, holding_id string",
     )
-    _, violations = validate(SOURCE_MODELS[HOLDINGS], df)
-    unknown = next(v for v in violations if v.column == "product_code")
-    assert (unknown.failed_rows, unknown.examples) == (2, ("holding_id=H2", "holding_id=H3"))
-    assert "H2" not in unknown.describe(3)
+    rows, violations = validate(SOURCE_MODELS[HOLDINGS], df)
+    offending = offending_rows(df, violations, "2026-10-01")
+    found = offending.rows.toPandas()
+    rule = {v.column: f"{v.column}: {v.rule}" for v in violations}
+    assert offending.count == len(found) == 3
+    failing = {r: found[found["quarantine_rule"] == r] for r in rule.values()}
+    assert sorted(failing[rule["product_code"]]["customer_id"]) == ["C00000002", "C00000003"]
+    assert list(failing[rule["holding_id"]]["holding_id"]) == ["H3"]  # the repeat of H3, not its first row
+    assert set(found["quarantine_partition"]) == {"2026-10-01"}
+    assert not any(key in v.describe(rows) for v in violations for key in ("C0000000", "H2", "H3"))
+
+
+def test_a_rerun_of_a_failing_check_replaces_its_quarantine(local_edp, spark, tmp_path):
+    customers = DeltaTable(local_edp.location(CUSTOMERS)).to_pandas()["customer_id"]
+    with DagsterInstance.ephemeral() as instance:
+        for change, bad in ((_set("segment", "not_a_segment", rows=3), 3), (_set("segment", "mass", rows=2), 1)):
+            _corrupt(local_edp, CUSTOMERS, change, tmp_path)  # the second run mends two of the three rows
+            [evaluation] = _events(_run(AssetSelection.checks(_check_key(CUSTOMERS)), instance),
+                                   "ASSET_CHECK_EVALUATION")
+            quarantined = local_edp.read(spark, evaluation.metadata["quarantine_table"].value).toPandas()
+            assert not evaluation.passed and evaluation.metadata["quarantined_rows"].value == bad
+            assert sorted(quarantined["customer_id"]) == sorted(customers[3 - bad:3])
+            assert not any(c in evaluation.description for c in customers[:3])

@@ -66,6 +66,10 @@ def _broken(tmp_path: Path, env: str, **changes) -> Path:
         ("prod", {"publication": None}, r"publication, storage\.buckets\.publication: required"),
         ("prod", {"inference__canary_share": 0.9}, r"inference\.canary_share: Input should be less than or equal to 0\.5"),
         ("prod", {"lockdown": None}, r"lockdown: required in prod"),
+        # a cluster without the erasure key could not leave erased customers out of anything it reads
+        ("lab", {"databricks__secrets": [{"name": "NEXUS_USERNAME", "scope": "aiml-lab", "key": "nexus-username"}]},
+         r"databricks\.secrets: needs AIML_ERASURE_KEY from the environment's secret scope"),
+        ("prod", {"erasure__key_env": "aiml-erasure-key"}, r"erasure\.key_env: String should match pattern"),
         ("uat", {"lockdown": None}, r"lockdown: required in uat"),
         ("prod", {"inference__deploys_from": "uat"}, r"prod deploys from its own release manifest, not uat's"),
         ("uat", {"inference__drift__warn_psi": 0.3}, r"warn_psi 0\.3 must be below fail_psi 0\.25"),

@@ -34,7 +34,7 @@ def _outcome(catalog, spark, child, tags=SNAPSHOT):
 
 
 def _described(outcome) -> list[str]:
-    return [v.describe(outcome.rows, examples=False) for v in outcome.violations]
+    return [v.describe(outcome.rows) for v in outcome.violations]
 
 
 def _recent_joiners(catalog) -> set[str]:
@@ -230,6 +230,14 @@ def test_a_broken_relationship_stops_the_main_job_before_any_lab_asset(local_edp
         assert message.startswith("edp/fdp/transactions failed its relationship and volume rules:"), message
         assert "column customer_id: references edp.fdp.customers.customer_id failed for 3 of " in message
         assert "column transaction_ts: monthly volume: 2026-02 has no rows (a gap)" in message
+        table = failed[0].metadata["quarantine_table"].value  # the 5 failing rows, none for the month's gap
+        assert f"5 offending rows (one per failing rule and row) are in quarantine table {table}" in message
+        quarantined = DeltaTable(local_edp.location(table)).to_pandas()
+        assert quarantined["quarantine_rule"].value_counts().to_dict() == {
+            "customer_id: references edp.fdp.customers.customer_id": 3,
+            "transaction_ts: not before edp.fdp.customers.joined_date": 2}
+        assert list(quarantined.columns[2:]) == list(DeltaTable(local_edp.location(TRANSACTIONS)).to_pandas().columns)
+        assert (quarantined["customer_id"] == UNKNOWN).sum() == 3
         assert instance.get_latest_materialization_event(FEATURES_KEY) is None
         assert instance.get_latest_materialization_event(TRAINING_KEY) is None
         # no customer key anywhere in the run's event log: messages, metadata, logs

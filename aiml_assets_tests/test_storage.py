@@ -1,8 +1,14 @@
-"""The environment's buckets: local folders and S3 (real S3 semantics through moto) behave alike."""
+"""The environment's buckets: local folders and S3 (real S3 semantics through moto) behave alike; what the local
+table writer leaves in them."""
 
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 from aiml_assets.resources.storage import LocalStorage, S3Storage, StorageError
+from aiml_assets.resources.tables import DeltaRsTables
 
 BUCKETS = {"lab": "s3://buk-aiml-lab", "publication": "s3://buk-aiml-prod/cdp"}
 
@@ -68,3 +74,22 @@ def test_local_buckets_live_under_the_home(local_storage, tmp_path):
     path = local_storage.put("lab", "a/b.bin", b"1")
     assert path == str(tmp_path / "buckets" / "lab" / "a" / "b.bin")
     assert not list((tmp_path / "buckets" / "lab" / "a").glob("tmp*"))  # atomic write left no temp file
+
+
+def test_the_local_writer_records_per_file_statistics_like_databricks(spark, tmp_path):
+    """What a stats leak needs to be seen locally: each file's row count, bounds and null counts in the Delta log."""
+    location = str(tmp_path / "lab" / "customer_features")
+    rows = [("C00000002", 3, 1.5, date(2024, 1, 2), datetime(2024, 1, 2, 9, tzinfo=timezone.utc), "2024-11-01"),
+            ("C00000009", None, -2.0, date(2024, 3, 1), datetime(2024, 3, 1, 9, tzinfo=timezone.utc), "2024-11-01")]
+    df = spark.createDataFrame(rows, "customer_id string, visits int, spend double, joined date, seen timestamp, "
+                                     "snapshot_date string").coalesce(1)
+    DeltaRsTables(write_roots=[str(tmp_path / "lab")]).write(df, location, run_id="r", partition_by=["snapshot_date"])
+
+    [stats] = pa.table(DeltaTable(location).get_add_actions(flatten=True)).to_pylist()
+    assert stats["num_records"] == 2
+    assert (stats["min.customer_id"], stats["max.customer_id"]) == ("C00000002", "C00000009")
+    assert (stats["min.visits"], stats["null_count.visits"], stats["max.spend"]) == (3, 1, 1.5)
+    assert str(stats["min.joined"]) == "2024-01-02"
+    # readers skip files by them: a filter outside a file's bounds reads nothing of it
+    assert DeltaTable(location).to_pyarrow_table(filters=[("customer_id", "=", "C00000005")]).num_rows == 0
+    assert DeltaTable(location).to_pyarrow_table(filters=[("customer_id", "=", "C00000009")]).num_rows == 1

@@ -5,7 +5,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import functions as F
 
-from aiml_assets.resources.catalog import CatalogError, LocalCatalog
+from aiml_assets.resources.catalog import CatalogError, LocalCatalog, PublicationConflict
 from aiml_assets.resources.tables import DeltaRsTables, TableWriteError
 from aiml_assets.sql_identifiers import UnsafeSqlValue
 
@@ -127,3 +127,19 @@ def test_a_hostile_partition_is_refused_before_the_local_delete(table, partition
     assert DeltaTable(table).version() == 0
     assert tables.delete_partitions(table, [{"snapshot_date": "2024-11-01"}], run_id="run-1") == 1
     assert DeltaTable(table).to_pyarrow_table().column("snapshot_date").to_pylist() == ["2024-12-01"]
+
+
+def test_the_local_catalog_switch_is_a_compare_and_swap_on_the_version_it_replaces(tmp_path):
+    catalog, name = LocalCatalog(home=str(tmp_path)), "edp.cdp.nba_propensity"
+    switch = dict(owner="aiml-data-product-owners", comment="c", properties={"snapshot_date": "2026-11-01"},
+                  read_grants=["edp-tenant-marketing"])
+    catalog.publish(name, "/v/a", version_id="a" * 16, **switch)
+    with pytest.raises(PublicationConflict, match="it serves a{16}, not nothing as read"):
+        catalog.publish(name, "/v/b", version_id="b" * 16, **switch)  # a second first publication
+    catalog.publish(name, "/v/b", version_id="b" * 16, replaces="a" * 16, **switch)
+    entry = catalog.entry(name)
+    # a publisher that read "a" before "b" was switched to loses, and changes nothing
+    with pytest.raises(PublicationConflict, match=r"not switched to version c{16}: it serves b{16}, not a{16} as read"):
+        catalog.publish(name, "/v/c", version_id="c" * 16, replaces="a" * 16, **switch)
+    assert catalog.entry(name) == entry and entry["location"] == "/v/b"
+    assert catalog.published(name)["cdp_version"] == "b" * 16

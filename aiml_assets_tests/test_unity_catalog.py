@@ -1,59 +1,136 @@
 """The Unity Catalog SQL of registration and publication, recorded on a stand-in session (no workspace is reachable
 from here): what it must and must not say is Unity Catalog's documented behaviour."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 
-from aiml_assets.resources.catalog import UnityCatalog
+from aiml_assets.resources.catalog import PublicationConflict, UnityCatalog
 from aiml_assets.sql_identifiers import UnsafeSqlValue
 
 
 class RecordingSpark:
-    def __init__(self, existing=()):
+    """Records every statement; `answer(statement)` gives its rows (or raises, as Databricks would)."""
+
+    def __init__(self, existing=(), answer=lambda statement: []):
         self.statements: list[str] = []
         self.existing = set(existing)
+        self.answer = answer
         self.catalog = SimpleNamespace(tableExists=lambda name: name in self.existing)
 
     def sql(self, statement: str):
         self.statements.append(statement)
-        return SimpleNamespace(first=lambda: None, collect=lambda: [])
+        rows = self.answer(statement)
+        return SimpleNamespace(first=lambda: rows[0] if rows else None, collect=lambda: rows)
 
 
 @pytest.fixture
 def unity(monkeypatch):
-    def with_session(existing=()):
-        spark = RecordingSpark(existing)
+    def with_session(existing=(), answer=lambda statement: []):
+        spark = RecordingSpark(existing, answer)
         monkeypatch.setattr(UnityCatalog, "_spark", lambda self: spark)
         return UnityCatalog(), spark
     return with_session
 
 
 VIEW = "`edp`.`cdp`.`nba_propensity`"
-PUBLISH = dict(version_id="0123456789abcdef", owner="aiml-data-product-owners", comment="NBA propensity",
+POINTER = "`edp`.`cdp`.`nba_propensity__pointer`"
+OURS, EARLIER, LATER = "0123456789abcdef", "00000000000000aa", "ffffffffffffff00"
+PUBLISH = dict(version_id=OURS, owner="aiml-data-product-owners", comment="NBA propensity",
                properties={"classification": "confidential"}, read_grants=["edp-tenant-marketing"])
 
 
-def test_the_first_publication_creates_the_view_its_owner_and_its_grants(unity):
-    catalog, spark = unity()
+def pointer(*serves: str, switched: int = 1, update=None):
+    """A workspace whose pointer UPDATE switches `switched` rows (or raises `update`) and whose pointer reads as
+    `serves`, one after another (the last one from then on)."""
+    reads = list(serves)
+
+    def answer(statement):
+        if statement.startswith(f"UPDATE {POINTER}"):
+            if update is not None:
+                raise update
+            return [{"num_affected_rows": switched}]
+        if statement.startswith("SELECT cdp_version, properties"):
+            version = reads.pop(0) if len(reads) > 1 else reads[0]
+            return [{"cdp_version": version, "properties": json.dumps({"cdp_version": version, "snapshot_date": version})}]
+        return []
+    return answer
+
+
+def _after_the_switch(statements):
+    return statements[next(i for i, s in enumerate(statements) if s.startswith("UPDATE")) + 1:]
+
+
+def test_the_first_publication_creates_the_pointer_the_view_its_owner_and_its_grants(unity):
+    catalog, spark = unity(answer=pointer(OURS))
     catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v1", **PUBLISH)
     sql = spark.statements
-    version = "`edp`.`cdp`.`nba_propensity__v_0123456789abcdef`"
+    version = f"`edp`.`cdp`.`nba_propensity__v_{OURS}`"
     assert sql[0] == f"CREATE TABLE IF NOT EXISTS {version} USING DELTA LOCATION 's3://buk-aiml-prod/cdp/v1'"
     assert f"GRANT SELECT ON TABLE {version} TO `aiml-data-product-owners`" in sql  # the view reads as its owner
+    # the pointer starts at nothing, on Serializable isolation, and the switch compares with what was read
+    assert (f"CREATE TABLE IF NOT EXISTS {POINTER} TBLPROPERTIES ('delta.isolationLevel' = 'Serializable', "
+            "'delta.enableDeletionVectors' = 'false') AS SELECT '' AS cdp_version, '{}' AS properties") in sql
+    update = next(s for s in sql if s.startswith("UPDATE"))
+    assert update.startswith(f"UPDATE {POINTER} SET cdp_version = '{OURS}', properties = '")
+    assert update.endswith("WHERE cdp_version = ''") and "confidential" in update
     assert f"CREATE VIEW {VIEW} AS SELECT * FROM {version}" in sql
     assert f"ALTER VIEW {VIEW} OWNER TO `aiml-data-product-owners`" in sql
     assert f"GRANT SELECT ON TABLE {VIEW} TO `edp-tenant-marketing`" in sql
-    assert not any("edp-tenant" in s and version in s for s in sql)  # tenants never get the version tables
-    assert "'cdp_version' = '0123456789abcdef'" in sql[-1] and "'classification' = 'confidential'" in sql[-1]
+    assert not any("edp-tenant" in s and (version in s or POINTER in s) for s in sql)  # tenants: the view only
+    assert sql.index(update) < sql.index(f"CREATE VIEW {VIEW} AS SELECT * FROM {version}")  # the CAS first
+    assert not any(f"{VIEW} AS SELECT" in s for s in _after_the_switch(sql)[1:] if s.startswith("ALTER"))
+    assert f"'cdp_version' = '{OURS}'" in sql[-2] and sql[-2].startswith(f"ALTER VIEW {VIEW} SET TBLPROPERTIES")
 
 
 def test_a_later_publication_switches_the_view_in_one_statement_and_keeps_owner_and_grants(unity):
-    catalog, spark = unity(existing={"edp.cdp.nba_propensity"})
-    catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v2", **PUBLISH)
+    catalog, spark = unity(existing={"edp.cdp.nba_propensity", "edp.cdp.nba_propensity__pointer"},
+                           answer=pointer(OURS))
+    catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v2", replaces=EARLIER, **PUBLISH)
+    assert next(s for s in spark.statements if s.startswith("UPDATE")).endswith(f"WHERE cdp_version = '{EARLIER}'")
     switches = [s for s in spark.statements if f"{VIEW} AS SELECT" in s]
-    assert switches == [f"ALTER VIEW {VIEW} AS SELECT * FROM `edp`.`cdp`.`nba_propensity__v_0123456789abcdef`"]
-    assert not any("CREATE OR REPLACE" in s or "OWNER TO" in s for s in spark.statements)
+    assert switches == [f"ALTER VIEW {VIEW} AS SELECT * FROM `edp`.`cdp`.`nba_propensity__v_{OURS}`"]
+    assert not any("CREATE OR REPLACE" in s or "OWNER TO" in s or "CREATE TABLE IF NOT EXISTS `edp`.`cdp`."
+                   "`nba_propensity__pointer`" in s for s in spark.statements)
+
+
+@pytest.mark.parametrize("lost", [
+    dict(switched=0),  # the pointer no longer names the version read: someone switched it first
+    dict(update=RuntimeError("[DELTA_CONCURRENT_DELETE_READ] ConcurrentDeleteReadException: a concurrent "
+                             "transaction has deleted a file that this transaction read")),  # the two UPDATEs raced
+])
+def test_a_publisher_that_loses_the_pointer_switch_touches_no_view(unity, lost):
+    catalog, spark = unity(existing={"edp.cdp.nba_propensity", "edp.cdp.nba_propensity__pointer"},
+                           answer=pointer(LATER, **lost))
+    with pytest.raises(PublicationConflict, match=rf"not switched to version {OURS}: the pointer .* no longer names "
+                                                  f"{EARLIER}; another publisher switched it first"):
+        catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v2", replaces=EARLIER, **PUBLISH)
+    assert _after_the_switch(spark.statements) == []
+
+
+def test_any_other_failure_of_the_switch_is_not_taken_for_a_lost_race(unity):
+    denied = RuntimeError("[PERMISSION_DENIED] User does not have MODIFY on Table 'edp.cdp.nba_propensity__pointer'")
+    catalog, spark = unity(existing={"edp.cdp.nba_propensity__pointer"}, answer=pointer(LATER, update=denied))
+    with pytest.raises(RuntimeError, match="PERMISSION_DENIED"):
+        catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v2", replaces=EARLIER, **PUBLISH)
+
+
+def test_a_winner_whose_view_switch_lands_after_a_later_one_puts_the_view_back_on_the_pointer(unity):
+    # ours won the pointer, then a later day won it before our ALTER VIEW ran: re-reading it finds the later one
+    catalog, spark = unity(existing={"edp.cdp.nba_propensity", "edp.cdp.nba_propensity__pointer"},
+                           answer=pointer(OURS, LATER, LATER))
+    catalog.publish("edp.cdp.nba_propensity", "s3://buk-aiml-prod/cdp/v2", replaces=EARLIER, **PUBLISH)
+    switches = [s.rsplit("__v_", 1)[1].rstrip("`") for s in spark.statements if f"{VIEW} AS SELECT" in s]
+    assert switches == [OURS, LATER]
+    assert f"'cdp_version' = '{LATER}'" in [s for s in spark.statements if "SET TBLPROPERTIES" in s][-1]
+
+
+def test_what_is_published_is_what_the_pointer_names(unity):
+    catalog, _ = unity(existing={"edp.cdp.nba_propensity", "edp.cdp.nba_propensity__pointer"}, answer=pointer(LATER))
+    assert catalog.published("edp.cdp.nba_propensity") == {"cdp_version": LATER, "snapshot_date": LATER}
+    catalog, _ = unity(existing={"edp.cdp.nba_propensity__pointer"}, answer=pointer(""))
+    assert catalog.published("edp.cdp.nba_propensity") is None
 
 
 def test_registration_sets_the_owner_only_when_it_creates_the_table(unity):

@@ -39,23 +39,25 @@ TRAINING_KEY = AssetKey(["lab", "training_set"])
 RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
 
 
-def read_sources(context) -> Sources:
+def read_sources(context, settings: Settings) -> Sources:
     """The EDP products, by catalog name, without the customers whose erasure was requested (GDPR)."""
     spark, catalog = context.resources.spark.get_session(), context.resources.catalog
-    erased = erased_digests(context.resources.audit)
-    return Sources(*(without_erased(catalog.read(spark, name), erased)
-                     for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)))
+    customers, *others = (catalog.read(spark, name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES))
+    return Sources(*without_erased(customers, others, erased_digests(context.resources.audit),
+                                   settings))
 
 
 def transaction_bounds(transactions: DataFrame, snapshots: list[date]) -> tuple[DataHorizon, dict[str, tuple]]:
-    """The data horizon and, per snapshot, the earliest and latest transaction its features read (the 365 days
-    before it): one Spark job."""
+    """The data horizon and, per snapshot, the days of the earliest and latest transaction its features read (the
+    365 days before it): one Spark job."""
     ts = F.col("transaction_ts")
     bounds = [F.max(ts).alias("latest")]
     for i, snapshot in enumerate(snapshots):
         start = F.lit(snapshot - timedelta(days=365)).cast("timestamp")
         used = (ts < F.lit(snapshot).cast("timestamp")) & (ts >= start)
-        bounds += [F.min(F.when(used, ts)).alias(f"lo{i}"), F.max(F.when(used, ts)).alias(f"hi{i}")]
+        # days, not times: the exact time of the first or last event is one customer's transaction
+        bounds += [F.to_date(F.min(F.when(used, ts))).alias(f"lo{i}"),
+                   F.to_date(F.max(F.when(used, ts))).alias(f"hi{i}")]
     row = transactions.agg(*bounds).first()
     spans = {snapshot.isoformat(): (row[f"lo{i}"], row[f"hi{i}"]) for i, snapshot in enumerate(snapshots)}
     return horizon_of(row["latest"]), spans
@@ -111,7 +113,7 @@ def lab_feature_assets(settings: Settings) -> list:
         **common,
     )
     def customer_features_asset(context: AssetExecutionContext):
-        sources = read_sources(context)
+        sources = read_sources(context, settings)
         horizon, spans = transaction_bounds(sources.transactions, _snapshots(context))
         refuse_unfillable(FEATURES_KEY, horizon, _snapshots(context),
                           lambda horizon, snapshot: None if horizon.fills_features(snapshot) else
@@ -120,7 +122,7 @@ def lab_feature_assets(settings: Settings) -> list:
         for snapshot in _snapshots(context):
             context.log.info(f"customer features as of {snapshot}: computing")
             staged[snapshot] = customer_features(sources, snapshot, products).persist(StorageLevel.MEMORY_AND_DISK)
-        result = yield from audited(context, FEATURES_KEY, feature_schema, staged)
+        result = yield from audited(context, FEATURES_KEY, feature_schema, staged, settings)
         for snapshot, df in staged.items():
             version = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
             lo, hi = spans[snapshot.isoformat()]
@@ -145,7 +147,7 @@ def lab_feature_assets(settings: Settings) -> list:
         **common,
     )
     def training_set_asset(context: AssetExecutionContext):
-        sources = read_sources(context)
+        sources = read_sources(context, settings)
         window = timedelta(days=features.label_window_days)
         refuse_unfillable(TRAINING_KEY, observed_horizon(sources.transactions), _snapshots(context),
                           lambda horizon, snapshot: None if horizon.completes_labels(snapshot, window.days) else
@@ -153,7 +155,7 @@ def lab_feature_assets(settings: Settings) -> list:
         staged = {snapshot: labelled(_read_snapshots(context, settings, FEATURES_KEY, [snapshot]), sources.holdings,
                                      snapshot, window, products).persist(StorageLevel.MEMORY_AND_DISK)
                   for snapshot in _snapshots(context)}
-        result = yield from audited(context, TRAINING_KEY, training_schema, staged)
+        result = yield from audited(context, TRAINING_KEY, training_schema, staged, settings)
         for snapshot, rows in staged.items():
             _write_snapshot(context, settings, TRAINING_KEY, rows, snapshot)
             stats = {r["product_code"]: (r["rows"], r["rate"]) for r in rows.groupBy("product_code").agg(

@@ -1,11 +1,20 @@
 """The audit log: who did what, when, in which environment, under which run and change request.
 
-An append-only Delta table in the environment's `audit` bucket (a folder under the AIML home locally, S3 remotely).
-The table is created with `delta.appendOnly=true`, so the Delta protocol refuses any commit that removes rows
-(delete, update, merge, overwrite). delta-rs 1.6.6 still lets `restore` drop rows and lets anyone unset the property;
-both leave commits in the table's history, so every read and write first checks that the history holds nothing but
-appends and refuses a log that was rewritten. That detects tampering through Delta; it cannot stop someone with
-write access to the bucket from deleting files, which only the bucket's own policy (deny deletes, Object Lock) can.
+An append-only Delta table in the environment's `audit` bucket (a folder under the AIML home locally, S3 remotely),
+created with `delta.appendOnly=true`, one event per commit. Each event carries the hash of the one before it
+(`prev_hash`, `event_hash`: a chain). Every read and every append first verifies the whole log (`audit_chain`): each
+commit's actions are replayed (not its labels) and anything but an append of new files is refused; the chain is
+followed and every hash recomputed, so an altered, removed, inserted or unreadable event is refused.
+
+Someone who can write the bucket can still delete the newest commits, delete the table, or rebuild the chain with
+fresh hashes. Against that, every append records the chain head (event count, last hash, version) as an observation
+of `governance/audit_log` (partition: the log's location) in Dagster's instance, which lives outside the bucket, and
+verification refuses a log that lacks it. The instance is the run's (or sensor's) when the log is a Dagster resource,
+the one given to `for_instance`, else the one DAGSTER_HOME configures (a dagster.yaml there); without any, those three
+attacks go unnoticed, which S3 Object Lock on the audit bucket (deployments/s3) prevents instead.
+
+A log that fails verification refuses every read and append with an `AuditLogError` naming it and what failed, so
+every control that must record its action stops.
 """
 
 import getpass
@@ -14,17 +23,23 @@ import os
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
 
 import pyarrow as pa
-from dagster import ConfigurableResource
-from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from dagster import ConfigurableResource, DagsterInstance, InitResourceContext
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError
+from pydantic import PrivateAttr
 
+from aiml_assets.governance import audit_chain as chain
 from aiml_assets.resources.storage import S3Storage, Storage
 
 AUDIT_ROLE = "audit"  # bucket role in resources/<env>.yaml
 AUDIT_TABLE = "audit_log"
-APPEND_ONLY = {"delta.appendOnly": "true"}
+# old commit files must stay: verification replays the log from version 0
+TABLE_CONFIGURATION = {"delta.appendOnly": "true", "delta.enableExpiredLogCleanup": "false"}
+APPEND_ATTEMPTS = 20  # appends racing for the next version: each loser re-verifies and links the new head
 RUN_ID_KEY = "dagster_run_id"  # commit metadata, as in resources/tables.py
 
 PROMOTION = "promotion"
@@ -45,6 +60,8 @@ SCHEMA = pa.schema([
     pa.field("run_id", pa.string()),
     pa.field("change_request", pa.string()),
     pa.field("details", pa.string()),  # JSON object
+    pa.field("prev_hash", pa.string(), nullable=False),
+    pa.field("event_hash", pa.string(), nullable=False),  # audit_chain.event_hash of the fields above
 ])
 
 # Who started a run: Dagster+ sets dagster/user; our CLI and CI set aiml/requested_by.
@@ -87,17 +104,29 @@ def actor_of(tags: Mapping[str, str]) -> str:
 class AuditLog(ConfigurableResource):
     location: str  # the table's URI: a folder locally, s3://... remotely
     storage_options: dict[str, str] = {}
+    _instance: DagsterInstance | None = PrivateAttr(default=None)  # where the chain head is kept
 
     @classmethod
     def in_bucket(cls, storage: Storage) -> "AuditLog":
-        options = {"AWS_REGION": storage.region} if isinstance(storage, S3Storage) else {}
+        # commits are create-if-absent puts (delta-rs 1.x's default, said explicitly): never a copy-then-delete
+        # rename, which the audit bucket's deny-delete policy refuses
+        options = {"AWS_REGION": storage.region, "AWS_CONDITIONAL_PUT": "etag"} if isinstance(storage, S3Storage) else {}
         if isinstance(storage, S3Storage) and storage.endpoint_url:
             options["AWS_ENDPOINT_URL"] = storage.endpoint_url
         return cls(location=storage.uri(AUDIT_ROLE, AUDIT_TABLE), storage_options=options)
 
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._instance = context.instance
+
+    def for_instance(self, instance: DagsterInstance | None) -> "AuditLog":
+        """This log, keeping its chain head in `instance` (an executor's or a CLI's, which Dagster does not pass)."""
+        bound = AuditLog(location=self.location, storage_options=self.storage_options)
+        bound._instance = instance or self._instance
+        return bound
+
     def record(self, action: str, subject: str, *, actor: str, environment: str, run_id: str | None,
                change_request: str | None = None, details: dict | None = None) -> dict:
-        """Append one event and return it."""
+        """Verify the log, append one event linked to its newest and return it."""
         for field, value in (("action", action), ("subject", subject), ("actor", actor), ("environment", environment)):
             if not value or not str(value).strip():
                 raise AuditLogError(f"audit event needs a non-empty {field}")
@@ -106,42 +135,61 @@ class AuditLog(ConfigurableResource):
             "actor": actor, "action": action, "subject": subject, "run_id": run_id,
             "change_request": change_request, "details": json.dumps(details or {}, sort_keys=True, default=str),
         }
-        self._table(create=True)
-        write_deltalake(self.location, pa.Table.from_pylist([event], schema=SCHEMA), mode="append",
-                        storage_options=self.storage_options or None,
-                        commit_properties=CommitProperties(custom_metadata={RUN_ID_KEY: run_id or ""}))
-        return event
+        commit = CommitProperties(custom_metadata={RUN_ID_KEY: run_id or ""}, max_commit_retries=0)
+        lost = None
+        for _ in range(APPEND_ATTEMPTS):
+            version, events = self._verified()
+            if version is None:
+                DeltaTable.create(self.location, SCHEMA, mode="ignore", configuration=TABLE_CONFIGURATION,
+                                  storage_options=self.storage_options or None)
+                continue  # verify what was created (here or by a racing writer)
+            event["prev_hash"] = events[-1]["event_hash"] if events else chain.GENESIS
+            event["event_hash"] = chain.event_hash(event)
+            table = DeltaTable(self.location, version=version, storage_options=self.storage_options or None)
+            try:  # at exactly version + 1: a writer that appended first makes this fail rather than fork the chain
+                write_deltalake(table, pa.Table.from_pylist([event], schema=SCHEMA), mode="append",
+                                commit_properties=commit,
+                                post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False))
+            except CommitFailedError as exc:
+                lost = exc
+                continue
+            if instance := self._head_store():
+                chain.record_head(instance, self.location, chain.Head(len(events) + 1, event["event_hash"],
+                                                                      version + 1))
+            return event
+        raise AuditLogError(f"{self.location}: audit event not recorded: {APPEND_ATTEMPTS} attempts lost the race "
+                            f"for the next version (last: {lost})")
 
     def read(self, action: str | None = None) -> list[dict]:
-        """Every event (or every `action` event), oldest first, with `details` decoded."""
-        table = self._table(create=False)
-        if table is None:
-            return []
-        rows = table.to_pyarrow_table(filters=[("action", "=", action)] if action else None).sort_by(
-            "recorded_at").to_pylist()
-        return [{**row, "details": json.loads(row["details"] or "{}")} for row in rows]
+        """Every event (or every `action` event), oldest first, with `details` decoded, once the log verifies."""
+        _, events = self._verified()
+        return [{**event, "details": json.loads(event["details"] or "{}")} for event in events
+                if action is None or event["action"] == action]
 
     def verify(self) -> None:
-        """Refuse a log that is not append-only or whose history holds anything but appends."""
-        self._table(create=False)
+        """Refuse a log whose commits hold anything but appends, whose chain is broken or altered, or which lacks
+        the head Dagster's instance recorded."""
+        self._verified()
 
-    def _table(self, *, create: bool) -> DeltaTable | None:
+    def _verified(self) -> tuple[int | None, list[dict]]:
+        """The newest version (None: no table) and the events in chain order."""
         try:
-            table = DeltaTable(self.location, storage_options=self.storage_options or None)
-        except TableNotFoundError:
-            if not create:
-                return None
-            table = DeltaTable.create(self.location, SCHEMA, mode="ignore", configuration=APPEND_ONLY,
-                                      storage_options=self.storage_options or None)
-        _check_append_only(table, self.location)
-        return table
+            fs = chain.filesystem(self.location, self.storage_options)
+            replayed = chain.replay(fs) if fs else None
+            events = chain.chained(chain.rows(fs, replayed, SCHEMA)) if replayed else []
+            if instance := self._head_store():
+                chain.check_head(chain.latest_head(instance, self.location), events)
+        except chain.TamperedLog as exc:
+            raise AuditLogError(f"{self.location}: audit log failed verification: {exc}") from exc
+        return (replayed.version if replayed else None), events
+
+    def _head_store(self) -> DagsterInstance | None:
+        home = os.environ.get("DAGSTER_HOME", "")
+        configured = home and (Path(home) / "dagster.yaml").is_file()
+        return self._instance or (_configured_instance(home) if configured else None)
 
 
-def _check_append_only(table: DeltaTable, location: str) -> None:
-    if table.metadata().configuration.get("delta.appendOnly") != "true":
-        raise AuditLogError(f"{location}: audit log is not append-only (delta.appendOnly is not true)")
-    for commit in table.history():
-        operation, mode = commit.get("operation"), commit.get("operationParameters", {}).get("mode")
-        if not (operation == "CREATE TABLE" or (operation == "WRITE" and mode == "Append")):
-            raise AuditLogError(f"{location}: audit log was rewritten: version {commit.get('version')} is "
-                                f"{operation} {mode or ''}".rstrip() + "; only appends are allowed")
+@lru_cache
+def _configured_instance(dagster_home: str) -> DagsterInstance:
+    """The instance a CLI or a daemon outside a run uses (DAGSTER_HOME with a dagster.yaml), opened once."""
+    return DagsterInstance.get()

@@ -39,7 +39,7 @@ def record_materializations(instance: DagsterInstance, audit: AuditLog, environm
                             limit: int = BATCH) -> tuple[int, int]:
     """Audit the next `limit` materializations after storage id `after` that the log lacks.
     Returns the new cursor (the last storage id looked at; `after` if none) and how many were recorded."""
-    after = after or 0
+    after, audit = after or 0, audit.for_instance(instance)  # the chain head kept where the materializations are
     records = materializations_after(instance, after, limit)
     if not records:
         return after, 0

@@ -1,41 +1,63 @@
-"""GDPR right to be forgotten: an erasure request removes customers from every lab asset, keeps them out of every
-later feature and scoring run, is recorded, and names the model versions whose training data held them.
+"""GDPR right to be forgotten: an erasure request removes customers from every table of the environment that holds
+them, keeps them out of every later feature and scoring run, is recorded, and names and flags the model versions
+whose training data held them.
 
-The request is recorded first, in the append-only audit log, with each customer as a SHA-256 digest and never the
-id: from that commit on, `without_erased` drops them from the EDP sources every feature and scoring asset reads,
-even if the rewrite below stops half way. Then the lab tables' affected partitions are rewritten without them, and
-their history vacuumed and noncurrent object versions destroyed, so no time travel or bucket version brings them
-back. That history is also what the models were pinned to, so the model versions trained on them are listed first.
+The request is recorded first, in the append-only audit log, with each customer as a keyed digest (erased.py) and
+never the id: from that commit on, `without_erased` drops them from the EDP sources every feature and scoring asset
+reads, even if the rewrite below stops half way. Then the affected partitions of every table with customer rows
+(`customer_tables`: lab, scoring, parallel run; the quarantine tables failing checks wrote; every
+published CDP version, immutable but for this) are rewritten without them, the files they were in destroyed, and
+the history scrubbed (retention.scrub_history: a checkpoint after the rewrite, every log entry before it destroyed,
+since commits and checkpoints carry each file's min/max customer ids, then every noncurrent object version); a
+last read of the log (`log_naming`) proves no entry names them. So no time travel, statistic or bucket version
+brings them back. That history is also what the models were pinned to, so the model versions trained on them are
+found first, listed, and tagged RETRAIN_TAG in the registry.
 
-The job takes the customers as digests too (`aiml digest <id>...`), because Dagster keeps run config for good.
-Each environment has its own audit log, so a request is run in each of lab, UAT and prod (one CI pipeline): the lab
-is rewritten, and every environment's later runs leave the customers out. Rewrite and vacuum race a lab feature
-run that read its sources before the request was recorded; run an erasure while no lab job is running.
+The job takes the customers as digests too (`aiml digest <id>...`), because Dagster keeps run config for good, and
+needs the environment's erasure key to match them: without it, it fails before recording anything. Each environment
+has its own audit log and key, so a request is run in each of lab, UAT and prod (one CI pipeline, digests computed
+with each environment's key). Rewrite and vacuum race a run that read its sources before the request was recorded;
+run an erasure while no other job is running.
 """
 
+import json
 import re
 from collections import defaultdict
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dagster import Config, MetadataValue, job, op
 from pydantic import Field, field_validator
 from pyspark.sql import functions as F
 
-from aiml_assets.asset_tables import lab_table
+from aiml_assets.asset_tables import AssetTable, lab_table, scoring_table, table_name
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
+from aiml_assets.inference.assets import SCORES_KEY, SCORING_FEATURES_KEY
+from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
 from aiml_assets.governance.audit import actor
-from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, erased
-from aiml_assets.governance.retention import destroy_noncurrent
+from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, digest, erased_ids, erasure_key, held, without
+from aiml_assets.governance.retention import DELTA_LOG, scrub_history
 from aiml_assets.models.training import registered_name
+from aiml_assets.publication.cdp import VERSIONS, cdp_name
+from aiml_assets.publication.protocol import ROLE as PUBLICATION_ROLE
+from aiml_assets.quarantine import QUARANTINE_PREFIX, quarantine_role
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 
 ERASURE = "erasure"  # audit action, once the lab is rewritten
 ERASURE_JOB = "gdpr_erasure"
+RETRAIN_TAG = "retrain_required"  # model version tag: the erasure requests whose customers its training data held
+
+
+class ErasureIncomplete(RuntimeError):
+    """After the rewrite and scrub, a log entry still names an erased customer (the engine kept it somewhere)."""
 
 
 class ErasureRequest(Config):
     request_id: str = Field(pattern=r"^[A-Z][A-Z0-9]*-[0-9A-Za-z-]+$")  # the privacy team's reference, e.g. DSR-2026-0042
-    # SHA-256 of each customer id (`aiml digest`): run config stays in Dagster's run storage, so ids never go in it
+    # HMAC-SHA256 of each customer id (`aiml digest`): run config stays in Dagster's run storage, so ids never go in it
     customer_digests: list[str] = Field(min_length=1)
 
     @field_validator("customer_digests")
@@ -43,72 +65,171 @@ class ErasureRequest(Config):
     def _digests(cls, values: list[str]) -> list[str]:
         bad = [v for v in values if not re.fullmatch(r"[0-9a-f]{64}", v)]
         if bad:
-            raise ValueError(f"{len(bad)} entries are not SHA-256 hex digests of customer ids (run `aiml digest`)")
+            raise ValueError(f"{len(bad)} entries are not hex digests of customer ids (run `aiml digest`)")
         return sorted(set(values))
 
 
-def models_trained_on(context, settings: Settings, digests: list[str]) -> dict[str, str]:
-    """Each registered model version whose pinned training rows held any of the customers -> "yes", or why that
-    can no longer be told."""
+def models_trained_on(context, settings: Settings, digests: list[str], key: bytes, request_id: str) -> dict[str, str]:
+    """Each registered model version whose pinned training rows held any of the customers -> "yes" (and tagged
+    RETRAIN_TAG), or why that can no longer be told."""
     client, catalog = context.resources.mlflow.client(), context.resources.catalog
     spark = context.resources.spark.get_session()
-    held: dict[tuple[str, str], set[tuple[str, str]] | str] = {}  # pinned table version -> (product, snapshot)s
+    holding: dict[tuple[str, str], set[tuple[str, str]] | str] = {}  # pinned table version -> (product, snapshot)s
     found = {}
     for product in settings.products:
         name = registered_name(settings.catalog.aiml_catalog, product)
         for version in client.search_model_versions(f"name = '{name}'"):
             pinned = (version.tags.get("training_table"), version.tags.get("training_table_version"))
-            if pinned not in held:
-                held[pinned] = _held_by(catalog, spark, *pinned, digests)
+            if pinned not in holding:
+                holding[pinned] = _held_by(catalog, spark, *pinned, digests, key)
             label = f"{name} v{version.version}"
-            if isinstance(held[pinned], str):
-                found[label] = held[pinned]
-            elif any((product, s) in held[pinned] for s in version.tags.get("training_partitions", "").split(",")):
+            if isinstance(holding[pinned], str):
+                found[label] = holding[pinned]
+            elif any((product, s) in holding[pinned] for s in version.tags.get("training_partitions", "").split(",")):
                 found[label] = "yes"
+                requests = {r for r in version.tags.get(RETRAIN_TAG, "").split(",") if r} | {request_id}
+                client.set_model_version_tag(name, version.version, RETRAIN_TAG, ",".join(sorted(requests)))
     return found
 
 
-def _held_by(catalog, spark, table: str, version: str, digests: list[str]) -> set[tuple[str, str]] | str:
+def _held_by(catalog, spark, table: str, version: str, digests: list[str], key: bytes) -> set[tuple[str, str]] | str:
     """The (product, snapshot) partitions of `table` at Delta `version` holding any of the customers, or why that
     version cannot be read (past retention, or vacuumed by an earlier erasure)."""
     try:
-        rows = catalog.read(spark, table, int(version)).filter(erased(digests))
+        rows = catalog.read(spark, table, int(version))
+        rows = held(rows, erased_ids(rows, digests, key))
         return {(r[0], str(r[1])) for r in rows.select("product_code", "snapshot_date").distinct().collect()}
     except Exception as exc:  # noqa: BLE001 - whatever the engine raises for a vacuumed version, the answer is "unknown"
         return f"unknown: {table} version {version} cannot be read ({type(exc).__name__})"
 
 
-def erase_from_lab(context, settings: Settings, digests: list[str]) -> dict[str, dict[str, int]]:
-    """Rewrite every lab partition holding the customers; returns table -> partition -> rows removed."""
-    removed = defaultdict(dict)
-    for key in (FEATURES_KEY, TRAINING_KEY):
-        table = lab_table(settings, key)
-        if not context.resources.catalog.exists(table.name):
-            continue
+def customer_tables(settings: Settings) -> list[AssetTable]:
+    """The environment's tables with a row per customer: lab features and training sets, scoring features, scores
+    and the UAT parallel run."""
+    groups, tables = set(settings.asset_groups), []
+    if "lab_features" in groups:
+        tables += [lab_table(settings, FEATURES_KEY), lab_table(settings, TRAINING_KEY)]
+    if "prod_inference" in groups:
+        tables += [scoring_table(settings, SCORING_FEATURES_KEY), scoring_table(settings, SCORES_KEY)]
+    if "uat_parallel_run" in groups:
+        tables.append(scoring_table(settings, PARALLEL_RUN_KEY))
+    return tables
+
+
+def quarantine_tables(settings: Settings, storage) -> list[AssetTable]:
+    """The quarantine tables failing checks have written (quarantine.py): the offending rows, customers' among them."""
+    role = quarantine_role(settings)
+    return [AssetTable(table_name(settings, role, k), role, k, None, settings.catalog.table_owner)
+            for k in delta_tables_under(storage, role, QUARANTINE_PREFIX)]
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """A CDP version's table in the publication bucket: immutable, but for an erasure (whose audit event lists it).
+    Read by its location: locally no catalog name is its own, on Unity Catalog its name is `<cdp>__v_<id>`."""
+
+    name: str  # for the report: the CDP's name and the version folder
+    role: str
+    key: str
+    partition_column = None
+
+    def location(self, context) -> str:
+        return context.resources.storage.uri(self.role, self.key)
+
+    def read(self, context):
+        return context.resources.tables.read(context.resources.spark.get_session(), self.location(context))
+
+    def overwrite(self, context, df) -> int:
+        return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id)
+
+
+def delta_tables_under(storage, role: str, prefix: str) -> list[str]:
+    return sorted({o.key.split(f"/{DELTA_LOG}/")[0] for o in storage.list(role, prefix) if f"/{DELTA_LOG}/" in o.key})
+
+
+def published_versions(settings: Settings, storage) -> list[PublishedVersion]:
+    """Every table of every CDP version written (those a killed publisher left unclaimed too)."""
+    if "cdp_publication" not in settings.asset_groups:
+        return []
+    return [PublishedVersion(f"{cdp_name(settings)} {k.removeprefix(VERSIONS)}", PUBLICATION_ROLE, k)
+            for k in delta_tables_under(storage, PUBLICATION_ROLE, VERSIONS)]
+
+
+def erase_from_tables(context, settings: Settings, digests: list[str], key: bytes) -> dict[str, dict[str, int]]:
+    """Rewrite every partition of `customer_tables`, every quarantine table and every published CDP version holding
+    the customers, then scrub the table's history; returns table -> partition ("all" for an unpartitioned table) ->
+    rows removed."""
+    removed, storage = defaultdict(dict), context.resources.storage
+    named = [t for t in customer_tables(settings) + quarantine_tables(settings, storage)
+             if context.resources.catalog.exists(t.name)]
+    for table in named + published_versions(settings, storage):
+        # the rewrite must not restart the retention clock of the partitions it rewrites
+        context.resources.tables.record_first_writes(table.location(context), run_id=context.run.run_id)
         rows = table.read(context)
-        hits = rows.filter(erased(digests)).groupBy(table.partition_column).count().collect()
-        for partition, count in sorted((str(r[0]), r[1]) for r in hits):
-            kept = rows.filter(F.col(table.partition_column) == partition).filter(~erased(digests))
-            table.write_partition(context, kept, partition)
+        ids = erased_ids(rows, digests, key).localCheckpoint()
+        column = table.partition_column
+        hits = held(rows, ids).groupBy(*([column] if column else [])).count().collect()
+        for partition, count in sorted((str(r[0]) if column else "all", r[-1]) for r in hits):
+            if column:
+                table.write_partition(context, without(rows.filter(F.col(column) == partition), ids), partition)
+            else:
+                table.overwrite(context, without(rows, ids))
             removed[table.name][partition] = count
             context.log.info(f"{table.name} {partition}: {count} rows of erased customers removed")
         if hits:
             context.resources.tables.vacuum(table.location(context), retain_hours=0)
-            destroy_noncurrent(context.resources.storage, table.role, f"{table.key}/")
+            scrub_history(context.resources.storage, context.resources.tables, table.role, table.key)
+            left = log_naming(context.resources.storage, table.role, table.key, digests, key)
+            if left:
+                raise ErasureIncomplete(f"{table.name}: after the rewrite and scrub, {len(left)} Delta log entries "
+                                        f"still name erased customers (statistics or tombstones): {', '.join(left)}")
     return dict(removed)
+
+
+def log_naming(storage, role: str, table_key: str, digests: list[str], key: bytes) -> list[str]:
+    """The entries of a table's Delta log (commits, checkpoints and the statistics in them) holding any value
+    whose digest is one of `digests`. Engine-independent: it reads what is in the bucket."""
+    wanted, found = set(digests), []
+    for entry in storage.list(role, f"{table_key}/{DELTA_LOG}/"):
+        data = storage.get(role, entry.key)
+        if entry.key.endswith(".parquet"):
+            values = pq.read_table(pa.BufferReader(data)).to_pylist()
+        else:
+            values = [json.loads(line) for line in data.decode().splitlines() if line.strip().startswith("{")]
+        if any(digest(v, key) in wanted for v in _strings(values)):
+            found.append(entry.key)
+    return found
+
+
+def _strings(value):
+    """Every string in a decoded log entry, and in the statistics JSON strings nested in it."""
+    if isinstance(value, str):
+        yield value
+        if value.startswith("{"):
+            try:
+                yield from _strings(json.loads(value))
+            except ValueError:
+                pass
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
 
 
 def erasure_job(settings: Settings):
     resources = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
-    has_lab, has_models = "lab_features" in settings.asset_groups, "model_versions" in settings.asset_groups
+    has_models = "model_versions" in settings.asset_groups
 
     @op(required_resource_keys=resources | ({"mlflow"} if has_models else set()))
     def erase_customers(context, config: ErasureRequest) -> None:
         digests, audit = config.customer_digests, context.resources.audit
+        key = erasure_key(settings)  # before anything is recorded: a request that cannot be matched is refused
         who = dict(actor=actor(context), environment=settings.environment, run_id=context.run.run_id)
         audit.record(ERASURE_REQUESTED, config.request_id, **who, details={DIGESTS: digests, "customers": len(digests)})
-        models = models_trained_on(context, settings, digests) if has_models else {}
-        removed = erase_from_lab(context, settings, digests) if has_lab else {}
+        models = models_trained_on(context, settings, digests, key, config.request_id) if has_models else {}
+        removed = erase_from_tables(context, settings, digests, key)
         audit.record(ERASURE, config.request_id, **who, details={
             "customers": len(digests), "rows_removed": removed, "models_trained_on_them": models})
         context.add_output_metadata({
@@ -117,7 +238,8 @@ def erasure_job(settings: Settings):
         })
 
     @job(name=ERASURE_JOB, description="GDPR erasure: record the request (its customers are excluded from every "
-         "later run), list the model versions trained on them, rewrite the lab partitions without them.")
+         "later run), list and flag the model versions trained on them, rewrite every table holding them without "
+         "them and destroy their history.")
     def gdpr_erasure():
         erase_customers()
 

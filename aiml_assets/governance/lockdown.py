@@ -144,6 +144,8 @@ class _GuardedExecutor(Executor):
     def execute(self, plan_context, execution_plan):
         run = plan_context.dagster_run
         refused = f"run {run.run_id} of {run.job_name} refused before any step ran"
+        if self._audit is not None:  # an executor's audit log is not set up by Dagster: give it the run's instance
+            self._audit = self._audit.for_instance(plan_context.instance)  # (one executor per run)
         if reason := run_config_refusal(run.run_config):
             unrecorded = self._record(RUN_REFUSED, run, details={"reason": reason})
             raise ResourceOverrideRefused(f"{refused}: {reason}{unrecorded}")

@@ -1,14 +1,21 @@
 """Perishable storage: the retention purge of an environment's perishable buckets, and the proof that it worked.
 
-Age is write time. An object written more than `storage.retention_days` ago is past retention, just as the lab
-assets' freshness policy (fail window = retention) counts from the materialization that wrote them.
+Age is the data's first write. An object written more than `storage.retention_days` ago is past retention; so is
+a partition first written before then, however often it was rewritten since (an erasure or a re-materialization
+does not restart its clock: each purge records every partition's first write, tables.FIRST_WRITTEN). Of that record
+and the files' own write times the earlier counts, so a forged record can only bring a purge forward.
 
 Delta tables are purged through Delta, never from under it. Each day, for each table:
-- the log is checkpointed;
-- a partition whose every file is past retention is deleted in one commit, and exactly those files destroyed;
+- a partition past retention is deleted in one commit, and exactly its files destroyed;
+- so is every file no longer live (replaced by a rewrite) written before the cutoff, although versions within the
+  retention still read it: Delta's vacuum would keep it for a retention after its replacement;
 - Delta's own vacuum, at the retention, destroys what no version of the retention period reads;
-- log entries past retention, up to the oldest checkpoint written within it, are destroyed, so versions within the
-  retention can still be time-travelled to (bar its first day) and nothing older can;
+- then the log is checkpointed, after the delete: the checkpoint holds only what remains, statistics included;
+- if either destroyed files, every log entry before that checkpoint is destroyed (`scrub_history`): the versions
+  they hold, within the retention or not, read destroyed files, and their add actions and checkpoints hold those
+  files' statistics (min/max customer ids). Time travel to before the purge ends, and nothing readable is lost;
+- otherwise log entries past retention, up to the oldest checkpoint written within it, are destroyed, so versions
+  within the retention can still be time-travelled to (bar its first day) and nothing older can;
 - a table none of whose objects was written within the retention is removed whole, with its catalog name.
 
 Every other version past retention in the bucket (noncurrent versions a deletion leaves on a versioned bucket,
@@ -85,21 +92,39 @@ def _purge_table(storage, tables, catalog, role, key, run_id, name, report, log)
         report.tables_removed.append(key)
         log(f"{key}: nothing written within the retention; table removed" + (f", {name} dropped" if name else ""))
         return False
-    tables.checkpoint(location)
     files = defaultdict(list)  # partition -> its live files, as bucket keys
     for path in tables.live_files(location):
         files[_partition(key, path)].append(f"{key}/{path}")
-    stale = {partition: keys for partition, keys in files.items() if partition and all(
-        k in objects and objects[k].last_modified < limit for k in keys)}
+    stale = _stale(files, objects, tables.record_first_writes(location, run_id=run_id), limit)
     if stale:
         version = tables.delete_partitions(location, [dict(p) for p in stale], run_id=run_id)
+        tables.record_first_writes(location, run_id=run_id)  # forgets them: written again, they start afresh
         removed = {k for keys in stale.values() for k in keys}
         _destroy(storage, role, [v for v in versions if v.key in removed], report)
-        report.partitions_deleted[key] = sorted("/".join(f"{k}={v}" for k, v in p) for p in stale)
+        report.partitions_deleted[key] = sorted(map(_label, stale))
         log(f"{key}: {len(stale)} partitions past retention deleted (table version {version})")
+    live = {k for keys in files.values() for k in keys}
+    replaced = [v for k, v in objects.items()
+                if k not in live and f"/{DELTA_LOG}/" not in k and v.last_modified < limit]
+    _destroy(storage, role, replaced, report)
     tables.vacuum(location, retain_hours=int(report.retention.total_seconds() // 3600))
-    _prune_log(storage, role, key, report)
+    if stale or replaced:
+        report.versions_destroyed += scrub_history(storage, tables, role, key)
+    else:
+        tables.checkpoint(location)
+        _prune_log(storage, role, key, report)
     return True
+
+
+def _label(partition: tuple[tuple[str, str], ...]) -> str:
+    return "/".join(f"{column}={value}" for column, value in partition)
+
+
+def _stale(files, objects, first_written: dict[str, int], limit: datetime) -> dict:
+    """The partitions past retention: first written before `limit`, or every file of them written before it."""
+    return {partition: keys for partition, keys in files.items() if partition and (
+        first_written.get(_label(partition), limit.timestamp() * 1000) < limit.timestamp() * 1000
+        or all(k in objects and objects[k].last_modified < limit for k in keys))}
 
 
 def _destroy(storage, role, versions, report) -> None:
@@ -122,10 +147,28 @@ def _partition(key: str, path: str) -> tuple[tuple[str, str], ...]:
     return partition
 
 
+def _log_entries(storage, role, key) -> list[ObjectVersion]:
+    """The current versioned entries of a table's log: commits, checkpoints, checksums (not `_last_checkpoint`)."""
+    return [v for v in storage.versions(role, f"{key}/{DELTA_LOG}/")
+            if v.is_latest and not v.delete_marker and _LOG_VERSION.match(v.key.rsplit("/", 1)[1])]
+
+
+def scrub_history(storage: Storage, tables, role: str, key: str) -> int:
+    """Checkpoint the table at its latest version and destroy every log entry before it, and every noncurrent object
+    version under the table: what the table held before (data, add actions and checkpoints with their statistics)
+    is then nowhere in the bucket. Returns the object versions destroyed."""
+    location = storage.uri(role, key)
+    tables.checkpoint(location)
+    latest = tables.version(location)
+    doomed = [entry for entry in _log_entries(storage, role, key) if _log_version(entry) < latest]
+    for entry in doomed:
+        storage.destroy(entry, role)
+    return len(doomed) + destroy_noncurrent(storage, role, f"{key}/")
+
+
 def _prune_log(storage, role, key, report) -> None:
     """Destroy the log entries past retention that the oldest checkpoint written within it makes unnecessary."""
-    entries = [v for v in storage.versions(role, f"{key}/{DELTA_LOG}/")
-               if v.is_latest and not v.delete_marker and _LOG_VERSION.match(v.key.rsplit("/", 1)[1])]
+    entries = _log_entries(storage, role, key)
     recent = [_log_version(v) for v in entries if ".checkpoint." in v.key and v.last_modified >= report.cutoff]
     if recent:
         _destroy(storage, role, [entry for entry in entries

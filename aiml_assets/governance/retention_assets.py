@@ -56,7 +56,8 @@ def retention_assets(settings: Settings) -> list:
         key=PURGE_KEY, group_name=GROUP, required_resource_keys=RESOURCES, owners=["team:aiml"], kinds={"s3", "delta"},
         freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(days=2)),  # a stopped schedule shows
         description=f"Daily purge of the perishable buckets ({', '.join(settings.storage.perishable)}): every "
-        f"object, partition, object version and Delta history entry written more than {retention} days ago.",
+        f"object, partition, object version and Delta history entry (statistics included) written more than "
+        f"{retention} days ago; a partition's age is its first write, which no rewrite restarts.",
     )
     def retention_purge(context: AssetExecutionContext, config: PurgeConfig) -> MaterializeResult:
         resources, now = context.resources, _as_of(config, settings)

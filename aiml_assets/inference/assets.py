@@ -97,7 +97,7 @@ def inference_assets(settings: Settings) -> list:
     )
     def scoring_features(context: AssetExecutionContext) -> MaterializeResult:
         day = scoring_day(context)
-        sources = read_sources(context)
+        sources = read_sources(context, settings)
         # a scheduled run before EDP has published yesterday is refused, rather than scoring on stale data
         refuse_unfillable(SCORING_FEATURES_KEY, observed_horizon(sources.transactions), [day], lambda horizon, _: (
             None if horizon.fills_features(day) else f"scoring it needs every event up to {day - timedelta(days=1)}"))
@@ -204,7 +204,7 @@ def inference_assets(settings: Settings) -> list:
 
     def check(key, table, schema):
         return pandera_check(key, schema, lambda context: table.read(context, [scoring_day(context)]), RESOURCES,
-                             partitions_def=daily)
+                             partitions_def=daily, settings=settings)
 
     return [scoring_features, feature_drift, deployed_model, propensity_scores,
             check(SCORING_FEATURES_KEY, features_table, features_schema),

@@ -107,5 +107,5 @@ def parallel_run_assets(settings: Settings) -> list:
         })
 
     check = pandera_check(PARALLEL_RUN_KEY, schema, lambda context: report_table.read(context, [scoring_day(context)]),
-                          MODEL_RESOURCES, partitions_def=daily)
+                          MODEL_RESOURCES, partitions_def=daily, settings=settings)
     return [parallel_run_report, check]

@@ -1,6 +1,7 @@
 """Model versions: one propensity model per product, trained on the lab training set, gated, published to Nexus."""
 
 
+import functools
 import json
 import tempfile
 from dataclasses import dataclass, replace
@@ -17,8 +18,11 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
+    Backoff,
+    Failure,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     StaticPartitionsDefinition,
     asset,
     asset_check,
@@ -30,7 +34,7 @@ from aiml_assets.features.assets import TRAINING_KEY
 from aiml_assets.models import diagnostics, registry
 from aiml_assets.models.binary import fetch_metadata, nexus_paths, publish_model, version_metadata
 from aiml_assets.models.gate import decide
-from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG
+from aiml_assets.models.registry import BINARY_TAG, CHALLENGER, CHAMPION, GATE_TAG
 from aiml_assets.models.schemas import model_binary_schema, model_scores_schema
 from aiml_assets.models.training import (
     FEATURE_IMPORTANCE, evaluate, log_and_register, registered_name, score, train, validation_metrics,
@@ -38,6 +42,7 @@ from aiml_assets.models.training import (
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
 from aiml_assets.quality import pandera_check, spark_schema, validate
+from aiml_assets.resources.nexus import NexusError, NexusUnavailable
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 
@@ -46,6 +51,20 @@ MODEL_KEY = AssetKey(["models", "propensity_model"])
 BINARY_KEY = AssetKey(["models", "model_binary"])
 MODEL_RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "mlflow"}
 BINARY_RESOURCES = {STEP_LAUNCHER_KEY, "spark", "mlflow", "nexus"}
+# For a blip: a locked MLflow store (each attempt has already waited out SQLite's 20 s busy timeout), Nexus
+# unreachable. What cannot change on a retry fails with `Failure(allow_retries=False)`.
+TRANSIENT = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL)
+
+
+def naming_the_store(doing: str):
+    """A step whose locked MLflow store fails as an error naming the store, `doing` and the partition."""
+    def decorate(step):
+        @functools.wraps(step)
+        def wrapped(context):
+            with context.resources.mlflow.unavailable_named(f"{doing} for {context.partition_key}"):
+                return step(context)
+        return wrapped
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -97,11 +116,17 @@ def model_assets(settings: Settings) -> list:
         "validated on the latest, tracked in MLflow and registered as a new version (gated before it gets an alias).",
         required_resource_keys=MODEL_RESOURCES,
         kinds={"mlflow", "scikitlearn"},
+        retry_policy=TRANSIENT,
         **common,
     )
+    @naming_the_store("training and registering the model")
     def propensity_model(context: AssetExecutionContext) -> MaterializeResult:
         product = context.partition_key
         name = registered_name(settings.catalog.aiml_catalog, product)
+        experiment_id = context.resources.mlflow.activate()
+        if abandoned := registry.end_abandoned_runs(experiment_id, _lineage(context), product):
+            context.log.warning(f"{product}: ended MLflow runs {', '.join(abandoned)} left RUNNING by an earlier "
+                                "attempt as FAILED; their versions, if any, are never gated or published")
         data = read_training_data(context, settings, product)
         context.log.info(f"{product}: training on {len(data.rows)} rows of {data.table} version "
                          f"{data.table_version}, snapshots {', '.join(data.snapshots)}")
@@ -112,7 +137,7 @@ def model_assets(settings: Settings) -> list:
         importance_plot = diagnostics.importance_png(importance, f"{product}: permutation importance")
         context.log.info(f"{product}: validation ROC AUC {trained.metrics['roc_auc']:.4f}; logging to MLflow")
         run_id, version = log_and_register(
-            trained, experiment_id=context.resources.mlflow.activate(), name=name, product=product,
+            trained, experiment_id=experiment_id, name=name, product=product,
             tags={"dagster_run_id": context.run.run_id, "dagster_asset": MODEL_KEY.to_user_string(),
                   "code_version": code_version(), **data.tags()},
             plots={"roc_curve.png": roc, "feature_importance.png": importance_plot}, importance=importance,
@@ -133,11 +158,12 @@ def model_assets(settings: Settings) -> list:
 
     @asset_check(
         asset=MODEL_KEY, name="validation_gate", blocking=True, partitions_def=products,
-        required_resource_keys=MODEL_RESOURCES,
+        required_resource_keys=MODEL_RESOURCES, retry_policy=TRANSIENT,
         description="Reloads the registered version, re-scores its validation snapshot, and requires the env file's "
         "thresholds, no loss against the champion and no result too good to be true (a leak alarm naming the top "
         "features); on pass the version gets the challenger alias.",
     )
+    @naming_the_store("gating the registered version")
     def validation_gate(context: AssetCheckExecutionContext) -> AssetCheckResult:
         candidate = _candidate(context, settings)
         client = context.resources.mlflow.client()
@@ -177,16 +203,26 @@ def model_assets(settings: Settings) -> list:
         "each with a sha256; never data.",
         required_resource_keys=BINARY_RESOURCES,
         kinds={"nexus"},
+        retry_policy=TRANSIENT,
         **common,
     )
+    @naming_the_store("publishing the gated version")
     def model_binary(context: AssetExecutionContext) -> MaterializeResult:
         name = registered_name(settings.catalog.aiml_catalog, context.partition_key)
         client = context.resources.mlflow.client()
-        version = _version_to_publish(context, client, name)
-        with tempfile.TemporaryDirectory(prefix="aiml_model_") as tmp:
-            model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
-            published = publish_model(context.resources.nexus, name, version, model_dir,
-                                      metadata=version_metadata(client, name, version, model_dir))
+        try:
+            version = _version_to_publish(context, client, name)
+            with tempfile.TemporaryDirectory(prefix="aiml_model_") as tmp:
+                model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                                     dst_path=tmp))
+                published = publish_model(context.resources.nexus, name, version, model_dir,
+                                          metadata=version_metadata(client, name, version, model_dir))
+        except NexusUnavailable:
+            raise
+        except (NexusError, registry.ModelVersionNotFound, registry.GateNotPassed) as exc:
+            raise Failure(description=str(exc), allow_retries=False) from exc  # the same on every attempt
+        # the registry's record that the version is in Nexus, complete: set only once both files are published
+        client.set_model_version_tag(name, str(version), BINARY_TAG, published["model_sha256"])
         context.log.info(f"{name} version {version}: published to Nexus, model sha256 {published['model_sha256']}")
         return MaterializeResult(metadata={
             "model_name": MetadataValue.text(name),
@@ -208,7 +244,7 @@ def model_assets(settings: Settings) -> list:
     return [
         propensity_model, validation_gate, model_binary,
         pandera_check(MODEL_KEY, scores_schema, lambda context: scores_frame(context, _candidate(context, settings)),
-                      MODEL_RESOURCES, partitions_def=products),
+                      MODEL_RESOURCES, partitions_def=products, settings=settings),
         pandera_check(BINARY_KEY, model_binary_schema(), published_metadata, BINARY_RESOURCES,
                       partitions_def=products),
     ]

@@ -27,6 +27,7 @@ from aiml_assets.resources.nexus import (
     NexusChecksumError,
     NexusRefused,
     NexusRepository,
+    NexusUnavailable,
     model_file_problem,
     model_zip_entries,
     read_metadata,
@@ -88,14 +89,21 @@ def version_metadata(client: MlflowClient, name: str, version: int, model_dir: P
 
 
 def publish_model(nexus: NexusRepository, name: str, version: int, model_dir: Path, metadata: dict) -> dict:
-    """Publish the model directory as model.zip, then `metadata` plus the zip's sha256 as metadata.json."""
+    """Publish the model directory as model.zip, then `metadata` plus the zip's sha256 as metadata.json (the
+    promotion job takes a version as published only with both, each matching its sha256 sidecar)."""
     paths = nexus_paths(name, version)
     model = package_model(model_dir, where=paths.model)
     document = json.dumps({**metadata, "model_sha256": hashlib.sha256(model).hexdigest()},
                           sort_keys=True, indent=2, allow_nan=False).encode("utf-8")
     read_metadata(paths.metadata, document)  # bad metadata fails before the model is published without it
-    model_sha256 = nexus.publish(paths.model, model)
-    metadata_sha256 = nexus.publish(paths.metadata, document)
+    try:
+        model_sha256 = nexus.publish(paths.model, model)
+        metadata_sha256 = nexus.publish(paths.metadata, document)
+    except NexusUnavailable as exc:
+        # What did arrive stays: a model.zip without its sidecar is never fetched, a version without metadata.json
+        # never promoted, and publishing the same bytes again completes it.
+        raise NexusUnavailable(f"{name} version {version}: not published, Nexus failed during publication: "
+                               f"{exc}") from exc
     return {"model_path": paths.model, "model_sha256": model_sha256,
             "metadata_path": paths.metadata, "metadata_sha256": metadata_sha256}
 

@@ -18,6 +18,7 @@ from aiml_assets.models.training import VERSION_TAG
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "validation_gate"  # "passed" or "failed", set by the gate on the version it judged
+BINARY_TAG = "nexus_model_sha256"  # the model.zip's sha256, set once the version's binary and metadata are in Nexus
 
 
 class ModelVersionNotFound(LookupError):
@@ -28,15 +29,25 @@ class GateNotPassed(PermissionError):
     pass
 
 
+def _runs_of(experiment_id: str, dagster_run_id: str, product: str, status: str):
+    return mlflow.search_runs(
+        experiment_ids=[experiment_id], output_format="list",
+        filter_string=f"tags.dagster_run_id = '{dagster_run_id}' and tags.product = '{product}' "
+                      f"and attributes.status = '{status}'",
+    )
+
+
+def _distinct(dagster_run_ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(r for r in dagster_run_ids if r))
+
+
 def version_registered_by(experiment_id: str, dagster_run_ids: list[str], product: str) -> tuple[Run, int]:
     """(MLflow run, version) of the model that the Dagster run, or the run it re-executes (`dagster_run_ids`:
-    this run first, then its parent and root), trained for `product`."""
-    for dagster_run_id in dict.fromkeys(r for r in dagster_run_ids if r):
-        runs = mlflow.search_runs(
-            experiment_ids=[experiment_id], output_format="list",
-            filter_string=f"tags.dagster_run_id = '{dagster_run_id}' and tags.product = '{product}'",
-        )
-        registered = [r for r in runs if VERSION_TAG in r.data.tags]
+    this run first, then its parent and root), trained for `product`. Only a finished run counts: an attempt that
+    failed after registering (a store locked part way) left a version that no gate or publication ever takes."""
+    for dagster_run_id in _distinct(dagster_run_ids):
+        registered = [r for r in _runs_of(experiment_id, dagster_run_id, product, "FINISHED")
+                      if VERSION_TAG in r.data.tags]
         if registered:
             run = max(registered, key=lambda r: r.info.start_time)  # a step retry registers again: the last one
             return run, int(run.data.tags[VERSION_TAG])
@@ -44,6 +55,18 @@ def version_registered_by(experiment_id: str, dagster_run_ids: list[str], produc
         f"no {product} model version was registered by Dagster run {dagster_run_ids[0]} or the run it re-executes; "
         f"materialize models/propensity_model for {product} together with its checks"
     )
+
+
+def end_abandoned_runs(experiment_id: str, dagster_run_ids: list[str], product: str) -> list[str]:
+    """End as FAILED the MLflow runs for `product` that these Dagster runs left RUNNING (an earlier attempt whose
+    process died, or whose store was still locked when MLflow tried to end the run); their ids. A Dagster run
+    trains a product in one step at a time, so none of them is still being written to."""
+    client = MlflowClient()
+    abandoned = [run.info.run_id for dagster_run_id in _distinct(dagster_run_ids)
+                 for run in _runs_of(experiment_id, dagster_run_id, product, "RUNNING")]
+    for run_id in abandoned:
+        client.set_terminated(run_id, "FAILED")
+    return abandoned
 
 
 # What the registry answers when the model or the alias does not exist; anything else (permissions, outages) is

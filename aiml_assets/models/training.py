@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import mlflow
-from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -158,18 +157,21 @@ def anonymous_example(x: pd.DataFrame) -> pd.DataFrame:
 def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, product: str, tags: dict[str, str],
                      plots: dict[str, bytes] | None = None, importance: dict[str, float] | None = None):
     """One MLflow run: params, metrics, signature + input example, tags, plots; registers and returns
-    (run_id, version). The version is the one registration returned, never "the latest". The registered version
-    carries the run's tags too, so the registry alone says where a version came from.
+    (run_id, version). The version is the one registration returned, never "the latest".
+
+    A store failing part way (locked, down) must leave nothing that looks complete: the run carries its tags from
+    its first write, so an abandoned one can be found (`registry.end_abandoned_runs`); the version is created
+    with the run's tags in one write, so the registry alone says where it came from; and the run names its
+    version (`VERSION_TAG`) last, so only a run that finished names one (`registry.version_registered_by`).
     """
     example = anonymous_example(prepare(trained.validation))
     signature = infer_signature(example, trained.model.predict_proba(example)[:, 1])
     all_tags = {**tags, "git_commit": git_commit(), "train_snapshots": ",".join(trained.train_snapshots),
                 "validation_snapshot": trained.validation_snapshot, "product": product}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"nba_propensity_{product}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"nba_propensity_{product}", tags=all_tags) as run:
         mlflow.log_params({**PARAMS, "product": product, "train_rows": trained.train_rows,
                            "validation_snapshot": trained.validation_snapshot})
         mlflow.log_metrics(trained.metrics)
-        mlflow.set_tags(all_tags)
         with tempfile.TemporaryDirectory() as tmp:
             for file_name, png in (plots or {}).items():
                 (Path(tmp) / file_name).write_bytes(png)
@@ -178,13 +180,10 @@ def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, pr
             mlflow.log_dict(importance, FEATURE_IMPORTANCE)
         mlflow.log_dict(trained.reference_profile, REFERENCE_PROFILE)
         info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
-                                        registered_model_name=name, serialization_format="skops",
-                                        skops_trusted_types=list(TRUSTED_SKOPS_TYPES), pip_requirements=model_requirements())
-        version = info.registered_model_version
+                                        serialization_format="skops", skops_trusted_types=list(TRUSTED_SKOPS_TYPES),
+                                        pip_requirements=model_requirements())
+        version = mlflow.register_model(info.model_uri, name, tags=all_tags).version
         if version is None:
             raise RuntimeError(f"registration of {name} returned no version")
         mlflow.set_tag(VERSION_TAG, str(version))
-    client = MlflowClient()
-    for key, value in all_tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
     return run.info.run_id, int(version)

@@ -1,9 +1,10 @@
 """`cdp/nba_propensity`: the day's scores published as a Consolidated Data Product, write-audit-publish.
 
 Write: the scores become a new immutable Delta table in the publication bucket, named by a fingerprint of their
-content, so the same scores always make the same version. Audit: the great-expectations suite and the pandera
-schema run on that staged table. Publish: only if both pass, the catalog name switches to it in one step, with
-owner, classification, contract version and tenant grants. A failed audit leaves the published version in place.
+content, so the same scores always make the same version, written once. Audit: the great-expectations suite and
+the pandera schema run on that table. Publish: only if both pass, the catalog name switches to it in one
+compare-and-swap step, with owner, classification, contract version and tenant grants. A failed audit leaves the
+published version in place. The exactly-once protocol (races, kills) is `publication/protocol.py`.
 """
 
 
@@ -15,7 +16,7 @@ from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import scoring_table
 from aiml_assets.features.customer_features import offers
-from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLICATION_STARTED, actor
+from aiml_assets.governance.audit import actor
 from aiml_assets.inference.assets import (
     DEPLOYED_MODEL_KEY, GROUP, SCORES_KEY, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
 )
@@ -23,11 +24,13 @@ from aiml_assets.inference.deployment import scored_products
 from aiml_assets.inference.schemas import nba_propensity_schema
 from aiml_assets.publication.contract import CONTRACT, contract_version
 from aiml_assets.publication.expectations import run_publish_gate
+from aiml_assets.publication.protocol import Candidate, GateRefused, publish_once
 from aiml_assets.quality import pandera_check, table_schema, validate
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings, aiml_home
 
 CDP_KEY = AssetKey(["cdp", "nba_propensity"])
+VERSIONS = "cdp/nba_propensity/versions/"  # each version's folder in the publication bucket
 RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
 
 
@@ -48,15 +51,6 @@ def content_version(scores: DataFrame, day: str, contract: str) -> tuple[str, in
     return digest[:16], row["rows"]
 
 
-def _not_publishable(current: dict, version_id: str, day: str) -> str | None:
-    """Why the version must not replace what the name serves now, if it must not."""
-    if current.get("cdp_version") == version_id:
-        return "same scores as the published version"
-    if str(current.get("snapshot_date", "")) > day:
-        return f"a later scoring day ({current['snapshot_date']}) is published; an earlier one never replaces it"
-    return None
-
-
 def cdp_assets(settings: Settings) -> list:
     publication = settings.publication
     name, schema = cdp_name(settings), nba_propensity_schema(settings.products)
@@ -69,7 +63,7 @@ def cdp_assets(settings: Settings) -> list:
         # the features and the deployed products give the row count the audit expects
         deps=[SCORES_KEY, SCORING_FEATURES_KEY, DEPLOYED_MODEL_KEY],
         group_name=GROUP, partitions_def=daily, owners=["team:aiml"], kinds={"delta", "unity-catalog"},
-        pool="cdp_publication",  # one switch at a time across runs (the remote instance limits pools to 1)
+        pool="cdp_publication",  # one publication step at a time across runs (both instances limit pools to 1)
         description=f"The NBA propensity scores as the Consolidated Data Product {name}: each day an immutable "
         "version in the publication bucket, audited by great-expectations and pandera, then switched to atomically "
         f"in the catalog ({publication.classification}; tenants {', '.join(publication.tenant_groups)} read it "
@@ -91,64 +85,63 @@ def cdp_assets(settings: Settings) -> list:
                      "contract_version": MetadataValue.text(contract), "dagster/row_count": MetadataValue.int(rows),
                      "scores_table_version": MetadataValue.int(pinned)}
 
-        def not_published(reason: str) -> MaterializeResult:
-            context.log.info(f"{name}: {day}: version {version_id} not published: {reason}")
-            return MaterializeResult(metadata={**described, "published": MetadataValue.bool(False),
-                                               "reason": MetadataValue.text(reason)})
-
-        current = catalog.published(name) or {}
-        if reason := _not_publishable(current, version_id, day):
-            return not_published(reason)
-
-        location = context.resources.storage.uri("publication", f"cdp/nba_propensity/versions/{version_id}")
-        if not tables.exists(location):  # a version once written is never rewritten
-            tables.write(scores, location, run_id=context.run.run_id)
-            context.log.info(f"{name}: staged version {version_id} ({rows} rows) at {location}")
-        staged = tables.read(spark, location)
-        # the row count expected, from the features and the products deployed that day, not from the scores
-        scored = scored_products(deployed(context, settings), settings.products)
-        expected = offers(features_table.read(context, [day]), scored).count()
-        gate = run_publish_gate(staged, columns=list(schema.columns), products=scored, expected_rows=expected,
-                                project_root=aiml_home(), run_name=f"{day}-{version_id}")
-        total, violations = validate(schema, staged)
         # rules and counts only: no customer key may reach the run's logs or the append-only audit log
-        failures = gate.failures + [f"pandera {schema.name}: {v.describe(total, examples=False)}" for v in violations]
-        if content_version(staged, day, contract)[0] != version_id:
-            failures.append(f"the staged version at {location} does not hold the scores its id {version_id} names")
-        event = dict(subject=name, actor=actor(context), environment=settings.environment, run_id=context.run.run_id)
-        details = {"cdp_version": version_id, "snapshot_date": day, "location": location, "rows": rows,
-                   "contract_version": contract}
-        audit = context.resources.audit
-        if failures:
-            audit.record(PUBLICATION_REFUSED, **event, details={**details, "failures": failures})
-            raise Failure(
-                description=f"{CDP_KEY.to_user_string()} {day}: version {version_id} failed the publish gate; "
-                f"{name} still serves version {current.get('cdp_version', 'none')}:\n  " + "\n  ".join(failures),
-                metadata={"data_docs": MetadataValue.url(gate.data_docs), "failures": MetadataValue.json(failures)},
-                allow_retries=False,
-            )
-        current = catalog.published(name) or {}  # again, just before the switch
-        if reason := _not_publishable(current, version_id, day):
-            return not_published(reason)
-        audit.record(PUBLICATION_STARTED, **event, details=details)
-        catalog.publish(
-            name, location, version_id=version_id, owner=publication.owner,
+        gate_runs = []
+
+        def gate(location: str) -> list[str]:
+            staged = tables.read(spark, location)
+            # the row count expected, from the features and the products deployed that day, not from the scores
+            scored = scored_products(deployed(context, settings), settings.products)
+            expected = offers(features_table.read(context, [day]), scored).count()
+            gate_runs.append(run_publish_gate(staged, columns=list(schema.columns), products=scored,
+                                              expected_rows=expected, project_root=aiml_home(),
+                                              run_name=f"{day}-{version_id}"))
+            total, violations = validate(schema, staged)
+            failures = gate_runs[-1].failures + [f"pandera {schema.name}: {v.describe(total)}"
+                                                 for v in violations]
+            if content_version(staged, day, contract)[0] != version_id:
+                failures.append(f"the version at {location} does not hold the scores its id {version_id} names")
+            return failures
+
+        def write(location: str) -> None:
+            tables.write(scores, location, run_id=context.run.run_id)
+            context.log.info(f"{name}: wrote version {version_id} ({rows} rows) at {location}")
+
+        candidate = Candidate(name, version_id, day, f"{VERSIONS}{version_id}", {
+            "cdp_version": version_id, "snapshot_date": day, "rows": rows, "contract_version": contract})
+        switch = dict(
+            owner=publication.owner, read_grants=publication.tenant_groups,
             comment=f"NBA propensity scores (Consolidated Data Product, owner {publication.owner}): one row per "
             f"customer and product they may be offered, scoring date {day}; contract nba_propensity {contract}",
             properties={"snapshot_date": day, "classification": publication.classification,
                         "contract_version": contract, "dagster_asset": CDP_KEY.to_user_string(), "rows": rows,
-                        "source": f"{scores_table.name}@v{pinned}"},
-            read_grants=publication.tenant_groups,
-        )
-        audit.record(PUBLICATION, **event, details={**details, "replaced": current.get("cdp_version")})
+                        "source": f"{scores_table.name}@v{pinned}"})
+        try:
+            outcome = publish_once(candidate, catalog=catalog, audit=context.resources.audit,
+                                   storage=context.resources.storage, write=write, gate=gate, switch=switch,
+                                   event=dict(actor=actor(context), environment=settings.environment,
+                                              run_id=context.run.run_id))
+        except GateRefused as refused:
+            raise Failure(
+                description=f"{CDP_KEY.to_user_string()} {day}: version {version_id} failed the publish gate; "
+                f"{name} still serves version {refused.serving or 'none'}:\n  " + "\n  ".join(refused.failures),
+                metadata={"data_docs": MetadataValue.url(gate_runs[-1].data_docs),
+                          "failures": MetadataValue.json(refused.failures)},
+                allow_retries=False,
+            ) from None
+        docs = {"data_docs": MetadataValue.url(gate_runs[-1].data_docs)} if gate_runs else {}
+        if not outcome.published:
+            context.log.info(f"{name}: {day}: version {version_id} not published: {outcome.reason}")
+            return MaterializeResult(metadata={**described, **docs, "published": MetadataValue.bool(False),
+                                               "reason": MetadataValue.text(outcome.reason),
+                                               "repaired_audit_event": MetadataValue.bool(outcome.repaired)})
         context.log.info(f"{name}: now serves version {version_id} ({day}, {rows} rows); replaced "
-                         f"{current.get('cdp_version', 'nothing')}")
-        return MaterializeResult(metadata={**described, "published": MetadataValue.bool(True),
-                                           "location": MetadataValue.path(location),
-                                           "data_docs": MetadataValue.url(gate.data_docs),
-                                           "replaced_version": MetadataValue.text(current.get("cdp_version", "none"))})
+                         f"{outcome.replaced or 'nothing'}")
+        return MaterializeResult(metadata={**described, **docs, "published": MetadataValue.bool(True),
+                                           "location": MetadataValue.path(outcome.location),
+                                           "replaced_version": MetadataValue.text(outcome.replaced or "none")})
 
     published_check = pandera_check(
         CDP_KEY, schema, lambda context: context.resources.catalog.read(context.resources.spark.get_session(), name),
-        {"spark", "catalog"}, partitions_def=daily)
+        {"spark", "catalog"}, partitions_def=daily, settings=settings)
     return [nba_propensity, published_check]

@@ -25,6 +25,11 @@ class CatalogError(LookupError):
     pass
 
 
+class PublicationConflict(CatalogError):
+    """A compare-and-swap switch lost: the name no longer serves the version the publisher read. Nothing changed;
+    re-read what it serves and decide again."""
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise CatalogError(f"{name!r} is not a three-level catalog name (catalog.schema.table, lower case)")
@@ -63,9 +68,11 @@ class Catalog(ConfigurableResource, ABC):
 
     @abstractmethod
     def publish(self, name: str, location: str, *, version_id: str, owner: str, comment: str, properties: dict,
-                read_grants: list[str]) -> None:
+                read_grants: list[str], replaces: str | None = None) -> None:
         """Switch `name` to the immutable table version at `location` in one atomic step, with its owner, comment,
-        properties and SELECT grants to `read_grants`."""
+        properties and SELECT grants to `read_grants`: a compare-and-swap that switches only while the name serves
+        version `replaces` (None: nothing yet; `version_id` itself completes an interrupted switch again), and
+        raises `PublicationConflict` otherwise."""
 
     @abstractmethod
     def published(self, name: str) -> dict | None:
@@ -130,11 +137,25 @@ class LocalCatalog(Catalog):
         with closing(self._connect()) as conn, conn:
             conn.execute("DELETE FROM tables WHERE name = ?", (check_name(name),))
 
-    def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
+    def publish(self, name, location, *, version_id, owner, comment, properties, read_grants, replaces=None) -> None:
         self._may("write", name)
-        # one INSERT OR REPLACE of the name's row: readers resolve the old version or the new one
-        self.register(name, location, owner=owner, comment=comment,
-                      properties={**properties, "cdp_version": version_id, "read_grants": sorted(read_grants)})
+        described = json.dumps({**properties, "cdp_version": version_id, "read_grants": sorted(read_grants)},
+                               sort_keys=True)
+        values = (location, owner, comment, described, datetime.now(timezone.utc).isoformat())
+        # one statement, the compare and the swap together: readers resolve the old version or the new one
+        with closing(self._connect()) as conn, conn:
+            if replaces is None:
+                switched = conn.execute("INSERT OR IGNORE INTO tables VALUES (?, ?, ?, ?, ?, ?)",
+                                        (check_name(name), *values)).rowcount
+            else:
+                switched = conn.execute(
+                    "UPDATE tables SET location = ?, owner = ?, comment = ?, properties = ?, registered_at = ? "
+                    "WHERE name = ? AND json_extract(properties, '$.cdp_version') = ?",
+                    (*values, check_name(name), replaces)).rowcount
+        if not switched:
+            serves = (self.published(name) or {}).get("cdp_version", "nothing")
+            raise PublicationConflict(f"{name}: not switched to version {version_id}: it serves {serves}, not "
+                                      f"{replaces or 'nothing'} as read; another publisher switched it first")
 
     def published(self, name) -> dict | None:
         return self.entry(name)["properties"] if self.exists(name) else None
@@ -191,38 +212,101 @@ class UnityCatalog(Catalog):
         if properties:
             spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({_properties(properties)})")
 
-    def publish(self, name, location, *, version_id, owner, comment, properties, read_grants) -> None:
+    def publish(self, name, location, *, version_id, owner, comment, properties, read_grants, replaces=None) -> None:
+        """Each version is a table of its own; the name tenants read is a view over one of them, and a one-row
+        Delta table `<name>__pointer` says which. Unity Catalog has no conditional ALTER VIEW, so the pointer is the
+        compare-and-swap: `UPDATE ... WHERE cdp_version = <replaces>` switches it only from the version the
+        publisher read, and Delta's optimistic concurrency (Serializable on this table) fails the second of two
+        racing UPDATEs of its one row (DELTA_CONCURRENT_*); 0 rows or that failure is a lost race, before the view
+        is touched. The winner then points the view at the pointer's version and re-reads the pointer until the
+        two agree, so the view converges on the pointer whichever ALTER VIEW runs last. ALTER VIEW ... AS keeps the
+        view's owner and grants (CREATE OR REPLACE VIEW would drop them); the view runs with its owner's rights, so
+        the owner reads the version tables and tenants only the view. The service principal that publishes must be
+        a member of the owning group. A crash after the pointer and before the view leaves the view behind: the
+        next publish of that version (`replaces` itself) brings it up."""
         self._may("write", name)
-        # Each version is a table of its own; the name tenants read is a view over one of them. ALTER VIEW ... AS
-        # switches it in one statement and keeps the view's owner and grants (CREATE OR REPLACE VIEW would drop
-        # them). The view runs with its owner's rights, so the owner reads the version table and tenants only the
-        # view. The service principal that publishes must be a member of the owning group.
         spark = self._spark()
         # every value checked before the first statement: a refused one leaves nothing half done
-        view, version_table = _table(name), _table(f"{check_name(name)}__v_{version_id}")
+        view, version_table = _table(name), _version_table(name, version_id)
         location, owner = location_literal(location), quoted_principal(owner, "owner")
         grants = [quoted_principal(group, "read_grants") for group in read_grants]
+        pointer, described = _pointer(name), {**properties, "cdp_version": version_id}
+        expected = string_literal(_version_id(replaces) if replaces else "")
         spark.sql(f"CREATE TABLE IF NOT EXISTS {version_table} USING DELTA LOCATION {location}")
         spark.sql(f"GRANT SELECT ON TABLE {version_table} TO {owner}")
-        if self.exists(name):
-            spark.sql(f"ALTER VIEW {view} AS SELECT * FROM {version_table}")
-        else:
+        if not spark.catalog.tableExists(f"{check_name(name)}__pointer"):
+            served = self._view_version(name) if self.exists(name) else ""  # a view from before the pointer
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {pointer} TBLPROPERTIES ('delta.isolationLevel' = 'Serializable',"
+                      " 'delta.enableDeletionVectors' = 'false') AS SELECT "
+                      f"{string_literal(served)} AS cdp_version, '{{}}' AS properties")
+        try:
+            row = spark.sql(f"UPDATE {pointer} SET cdp_version = {string_literal(version_id)}, properties = "
+                            f"{string_literal(json.dumps(described, sort_keys=True))} "
+                            f"WHERE cdp_version = {expected}").first()
+        except Exception as exc:
+            if "DELTA_CONCURRENT" not in str(exc):
+                raise
+            row = None
+        if not row or not row["num_affected_rows"]:
+            raise PublicationConflict(f"{name}: not switched to version {version_id}: the pointer {pointer} no "
+                                      f"longer names {replaces or 'nothing'}; another publisher switched it first")
+        serving = None  # what the view selects from, as far as this publisher knows
+        if not self.exists(name):
             spark.sql(f"CREATE VIEW {view} AS SELECT * FROM {version_table}")
             spark.sql(f"ALTER VIEW {view} OWNER TO {owner}")
+            serving = version_id
         for group in grants:
             spark.sql(f"GRANT SELECT ON TABLE {view} TO {group}")
         spark.sql(f"COMMENT ON TABLE {view} IS {string_literal(comment)}")
-        spark.sql(f"ALTER VIEW {view} SET TBLPROPERTIES ({_properties({**properties, 'cdp_version': version_id})})")
+        self._follow_pointer(name, serving)
+
+    def _follow_pointer(self, name: str, serving: str | None) -> None:
+        """Point the view at the pointer's version until a re-read of the pointer finds nothing newer."""
+        spark, done = self._spark(), None
+        while (target := self._pointer_row(name)) and target["cdp_version"] != done:
+            done = target["cdp_version"]
+            if done != serving:
+                spark.sql(f"ALTER VIEW {_table(name)} AS SELECT * FROM {_version_table(name, done)}")
+                serving = done
+            spark.sql(f"ALTER VIEW {_table(name)} SET TBLPROPERTIES ({_properties(json.loads(target['properties']))})")
+
+    def _pointer_row(self, name: str):
+        return self._spark().sql(f"SELECT cdp_version, properties FROM {_pointer(name)}").first()
+
+    def _view_version(self, name: str) -> str:
+        text = self._spark().sql(f"SHOW CREATE TABLE {_table(name)}").first()[0]
+        served = re.search(r"__v_([0-9a-f]{16})\b", text)
+        return served.group(1) if served else ""
 
     def published(self, name) -> dict | None:
+        """The pointer's version and properties (what the compare-and-swap compares); before the first pointer,
+        the version the view selects from."""
+        if self._spark().catalog.tableExists(f"{check_name(name)}__pointer"):
+            row = self._pointer_row(name)
+            return {**json.loads(row["properties"]), "cdp_version": row["cdp_version"]} if row and row[
+                "cdp_version"] else None
         if not self.exists(name):
             return None
-        spark = self._spark()
-        properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {_table(name)}").collect()}
-        # the version the view selects from is the truth; the property written after the switch can lag a crash
-        text = spark.sql(f"SHOW CREATE TABLE {_table(name)}").first()[0]
-        served = re.search(r"__v_([0-9a-f]{16})\b", text)
-        return {**properties, "cdp_version": served.group(1) if served else properties.get("cdp_version")}
+        properties = {row["key"]: row["value"] for row in
+                      self._spark().sql(f"SHOW TBLPROPERTIES {_table(name)}").collect()}
+        return {**properties, "cdp_version": self._view_version(name) or properties.get("cdp_version")}
+
+
+_VERSION_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def _version_id(version_id: str) -> str:
+    if not isinstance(version_id, str) or not _VERSION_ID.fullmatch(version_id):
+        raise CatalogError(f"{version_id!r} is not a CDP version id (16 hex digits)")
+    return version_id
+
+
+def _version_table(name: str, version_id: str) -> str:
+    return _table(f"{check_name(name)}__v_{_version_id(version_id)}")
+
+
+def _pointer(name: str) -> str:
+    return _table(f"{check_name(name)}__pointer")
 
 
 def _table(name: str) -> str:

@@ -46,6 +46,10 @@ class NexusError(RuntimeError):
     """A Nexus operation failed: missing object, refused write, bad path, HTTP error."""
 
 
+class NexusUnavailable(NexusError):
+    """Nexus could not be reached or answered with a server error: transient, worth retrying."""
+
+
 class NexusChecksumError(NexusError):
     """A fetched binary does not match its published sha256."""
 
@@ -340,12 +344,13 @@ class HttpNexus(NexusRepository):
         try:
             return self._session.request(method, url, timeout=self.timeout_seconds, **kwargs)
         except requests.RequestException as exc:
-            raise NexusError(f"{method} {url} failed: {type(exc).__name__}") from exc
+            raise NexusUnavailable(f"Nexus unreachable: {method} {url} failed: {type(exc).__name__}") from exc
 
     @staticmethod
     def _fail(response: requests.Response) -> NexusError:
         request = response.request
-        return NexusError(f"{request.method} {request.url}: HTTP {response.status_code} {response.reason}")
+        error = NexusUnavailable if response.status_code >= 500 else NexusError
+        return error(f"Nexus {request.method} {request.url}: HTTP {response.status_code} {response.reason}")
 
     def _put(self, path, data) -> None:
         response = self._request("PUT", path, data=data, headers={"Content-Type": "application/octet-stream"})

@@ -3,11 +3,21 @@
 Both implementations share one contract: a write replaces the whole table or exactly the partitions named in
 `replace`, in one transaction whose commit metadata carries the Dagster run id; a read returns a Spark
 DataFrame of the current snapshot.
+
+Retention counts from when a partition's data was first written, and a rewrite (an erasure, a re-materialization)
+does not restart it: the table property FIRST_WRITTEN maps each live partition to its first write, recorded by
+`record_first_writes` (the daily purge, and the erasure before it rewrites) as the earliest write time of the
+partition's files when first seen, and kept over every later rewrite. A property, not the add actions' `tags`:
+neither delta-rs's Python transaction API nor Spark's DataFrame writer sets file tags (delta-rs also refuses
+unknown properties at create time), and a property reads the same from both engines. Recorded by the purge, not by
+each write, so a write stays one commit: a partition rewritten before any purge saw it counts from the rewrite,
+so at most a day late.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -23,9 +33,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from aiml_assets.governance.egress import check_location
-from aiml_assets.sql_identifiers import delta_path, partition_literal, quoted_identifier
+from aiml_assets.resources.file_statistics import file_statistics
+from aiml_assets.sql_identifiers import delta_path, partition_literal, quoted_identifier, string_literal
 
 RUN_ID_KEY = "dagster_run_id"
+FIRST_WRITTEN = "aiml.first_written"  # table property: {"column=value/...": epoch ms of the partition's first write}
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # how a null partition value is written in a path
 
 
@@ -88,6 +100,41 @@ class DeltaTables(ConfigurableResource, ABC):
         """Destroy the files no version of the last `retain_hours` reads; 0 leaves only the current version readable
         (an erasure)."""
 
+    @abstractmethod
+    def _properties(self, location: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def _set_property(self, location: str, key: str, value: str, *, run_id: str) -> None: ...
+
+    def first_written(self, location: str) -> dict[str, int]:
+        """Each live partition ("column=value/...", "" unpartitioned) -> when it was first written (epoch ms)."""
+        try:
+            recorded = json.loads(self._properties(location).get(FIRST_WRITTEN) or "{}")
+        except ValueError:
+            return {}
+        return {k: v for k, v in recorded.items() if isinstance(v, int)} if isinstance(recorded, dict) else {}
+
+    @abstractmethod
+    def _file_ages(self, location: str) -> list[tuple[str, int]]:
+        """(path relative to `location`, write time in epoch ms) of each live data file."""
+
+    def record_first_writes(self, location: str, *, run_id: str) -> dict[str, int]:
+        """Record each live partition's first write (kept if recorded, else its files' earliest write time), forget
+        the partitions no longer live; returns the record. Commits only when it changes."""
+        recorded, seen = self.first_written(location), {}
+        for path, written in self._file_ages(location):
+            partition = partition_of(path)
+            seen[partition] = min(seen.get(partition, written), written)
+        settled = {p: min(recorded.get(p, written), written) for p, written in sorted(seen.items())}
+        if settled != recorded:
+            self._set_property(location, FIRST_WRITTEN, json.dumps(settled, separators=(",", ":")), run_id=run_id)
+        return settled
+
+
+def partition_of(path: str) -> str:
+    """The partition folders of a data file's path relative to its table ("" for an unpartitioned table)."""
+    return "/".join(part for part in path.split("/")[:-1] if "=" in part)
+
 
 def _condition(column: str, value: str) -> str:
     quoted = quoted_identifier(column, "partition column")
@@ -147,7 +194,8 @@ class DeltaRsTables(DeltaTables):
                 values = dict(unquote(part).split("=", 1) for part in partition_dirs.parts)
                 stat = target.stat()
                 rel = str(target.relative_to(root))
-                actions.append(AddAction(rel, stat.st_size, values, int(stat.st_mtime * 1000), True, "{}"))
+                actions.append(AddAction(rel, stat.st_size, values, int(stat.st_mtime * 1000), True,
+                                         file_statistics(target)))
         return actions
 
     @staticmethod
@@ -208,6 +256,19 @@ class DeltaRsTables(DeltaTables):
         DeltaTable(self._writable(location)).vacuum(retention_hours=retain_hours, dry_run=False, full=True,
                                                      enforce_retention_duration=False)
 
+    def _properties(self, location) -> dict[str, str]:
+        return dict(DeltaTable(location).metadata().configuration)
+
+    def _set_property(self, location, key, value, *, run_id) -> None:
+        DeltaTable(self._writable(location)).alter.set_table_properties(
+            {key: value}, raise_if_not_exists=False,  # an aiml.* key is not one delta-rs knows
+            commit_properties=CommitProperties(custom_metadata={RUN_ID_KEY: run_id}))
+
+    def _file_ages(self, location) -> list[tuple[str, int]]:
+        actions = DeltaTable(location).get_add_actions(flatten=True)
+        return list(zip([unquote(p) for p in actions.column("path").to_pylist()],
+                        actions.column("modification_time").to_pylist()))
+
 
 class SparkDeltaTables(DeltaTables):
     """Databricks: Spark's own Delta reader and writer."""
@@ -247,21 +308,38 @@ class SparkDeltaTables(DeltaTables):
         files = SparkSession.builder.getOrCreate().read.format("delta").load(location).inputFiles()
         return [unquote(uri.removeprefix(root)) for uri in files]
 
-    def delete_partitions(self, location, partitions, *, run_id) -> int:
-        statement = f"DELETE FROM {delta_path(self._writable(location))} WHERE {_any_of(partitions)}"
+    @staticmethod
+    def _sql_committed_by(statement: str, run_id: str) -> None:
         spark = SparkSession.builder.getOrCreate()
         spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
         try:
             spark.sql(statement)
         finally:
             spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+
+    def delete_partitions(self, location, partitions, *, run_id) -> int:
+        self._sql_committed_by(f"DELETE FROM {delta_path(self._writable(location))} WHERE {_any_of(partitions)}",
+                               run_id)
         return self.version(location)
 
+    def _properties(self, location) -> dict[str, str]:
+        rows = SparkSession.builder.getOrCreate().sql(f"SHOW TBLPROPERTIES {delta_path(location)}").collect()
+        return {row["key"]: row["value"] for row in rows}
+
+    def _set_property(self, location, key, value, *, run_id) -> None:
+        self._sql_committed_by(f"ALTER TABLE {delta_path(self._writable(location))} SET TBLPROPERTIES "
+                               f"({string_literal(key)} = {string_literal(value)})", run_id)
+
+    def _file_ages(self, location) -> list[tuple[str, int]]:
+        root = location.rstrip("/") + "/"
+        files = SparkSession.builder.getOrCreate().read.format("delta").load(location).select(
+            "_metadata.file_path", "_metadata.file_modification_time").distinct().collect()
+        return [(unquote(path.removeprefix(root)), int(moment.timestamp() * 1000)) for path, moment in files]
+
     def checkpoint(self, location) -> None:
-        spark = SparkSession.builder.getOrCreate()
-        properties = spark.sql(f"SHOW TBLPROPERTIES {delta_path(self._writable(location))}").collect()
-        if {row["key"]: row["value"] for row in properties}.get("delta.checkpointInterval") != "1":
+        if self._properties(self._writable(location)).get("delta.checkpointInterval") != "1":
             # Spark has no call to write a checkpoint; with interval 1 every commit, this one first, writes one
+            spark = SparkSession.builder.getOrCreate()
             spark.sql(f"ALTER TABLE {delta_path(location)} SET TBLPROPERTIES ('delta.checkpointInterval' = '1')")
 
     def vacuum(self, location, retain_hours) -> None:

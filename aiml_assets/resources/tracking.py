@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from dagster import ConfigurableResource
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+
+class MlflowStoreUnavailable(RuntimeError):
+    """The tracking or registry store could not be written or read (a SQLite database locked by another
+    connection); transient, so the step is retried."""
 
 
 class MlflowResource(ConfigurableResource):
@@ -38,3 +45,16 @@ class MlflowResource(ConfigurableResource):
     def client(self) -> MlflowClient:
         self.activate()
         return MlflowClient()
+
+    @contextmanager
+    def unavailable_named(self, doing: str):
+        """Raise a locked store's error as `MlflowStoreUnavailable` naming the store and what was being done.
+        MLflow has already waited out SQLite's busy timeout (20 s) by then."""
+        try:
+            yield
+        except MlflowException as exc:
+            if "database is locked" not in str(exc):
+                raise
+            raise MlflowStoreUnavailable(
+                f"MLflow store {self._resolve(self.tracking_uri)} is locked by another connection (SQLite: "
+                f"database is locked) while {doing}") from exc

@@ -1,7 +1,7 @@
 """The four EDP data products we consume, as external assets observed through the catalog.
 
-EDP owns them; we never materialize them. An observation records what the UI should show of each: row count,
-latest event time, the Delta table version (also the asset's data version) and the columns its model does not
+EDP owns them; we never materialize them. An observation records what the UI should show of each: row count, the
+day of the latest event, the Delta table version (also the asset's data version) and the columns its model does not
 declare (a schema drift). Each has a blocking pandera check, so bad source data stops everything that reads it; an
 unexpected column fails it where the env file's `sources.extra_columns` says so for the product, else is a warning.
 """
@@ -57,7 +57,8 @@ def edp_source_products(context):
         name = ".".join(key.path)
         version = catalog.version(name)
         product = catalog.read(session, name)
-        stats = product.agg(F.count(F.lit(1)).alias("rows"), F.max(EVENT_TIME[name]).alias("latest")).first()
+        # the day, not the time: the latest event is one customer's
+        stats = product.agg(F.count(F.lit(1)).alias("rows"), F.to_date(F.max(EVENT_TIME[name])).alias("latest")).first()
         drift = extra_columns(SOURCE_MODELS[name], product)
         context.log.info(f"observed {name}: {stats['rows']} rows, version {version}")
         if drift:
@@ -82,6 +83,6 @@ def source_checks(settings: Settings) -> list:
     """The blocking checks of the products, from `settings`: one pandera check per product (columns, ranges, extra
     columns), and one per child product across rows and products (references, event order, natural keys, monthly
     completeness and volume)."""
-    schemas = [pandera_check(asset_key(name), model, _reader(name), {"spark", "catalog"})
+    schemas = [pandera_check(asset_key(name), model, _reader(name), {"spark", "catalog"}, settings=settings)
                for name, model in source_models(settings).items()]
     return schemas + relationship_checks(settings, asset_key, _reader)

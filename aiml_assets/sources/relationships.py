@@ -15,7 +15,8 @@ rows. Summed, the counts are the rules'; per month, they are the volume's. Produ
 one more small job: the data horizon (the latest transaction), which says which months are complete.
 
 Messages and metadata carry products, columns, rules, months and counts only: no key or value of any row, so that
-customer ids never reach Dagster's event log; the failing rows are found in the data plane with the rule's condition.
+customer ids never reach Dagster's event log; a failing rule's rows (the child's own columns) go to the check's
+quarantine table in the data plane (quarantine.py), one more Spark job only when a rule fails.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from dataclasses import dataclass
 from functools import cache
 from datetime import date
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
-from pyspark.sql import Column, DataFrame, Window
+from dagster import AssetCheckResult, AssetKey, MetadataValue, asset_check
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.quality import Violation, as_schema
+from aiml_assets.quality import Violation, as_schema, repeated
+from aiml_assets.quarantine import (
+    QUARANTINE_RESOURCES, Offending, check_result, offending_rows, quarantine, quarantine_table,
+)
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
 from aiml_assets.sources.horizon import HORIZON_COLUMN, DataHorizon, DataHorizonExceeded, horizon_of, observed_horizon
@@ -129,6 +133,7 @@ class Outcome:
     rows: int
     violations: list[Violation]
     months: list[date]  # the months whose volume was judged
+    offending: Offending | None = None  # the rows failing a rule, for the quarantine
 
 
 def _parent(ref: References, read: Callable[[str], DataFrame], prefix: str) -> DataFrame:
@@ -151,7 +156,7 @@ def _compiled(child: str, read: Callable[[str], DataFrame]) -> tuple[DataFrame, 
     rules += [(o.later, o.rule, F.col(o.later) < F.col(o.earlier)) for o in _of(Ordered, child)]
     for i, key in enumerate(_of(Unique, child)):
         columns = list(key.columns)
-        df = df.withColumn(f"_repeat{i}", F.row_number().over(Window.partitionBy(*columns).orderBy(*columns)) > 1)
+        df = df.withColumn(f"_repeat{i}", repeated(columns))
         rules.append((",".join(columns), "unique", F.col(f"_repeat{i}")))
     return df, rules
 
@@ -191,17 +196,18 @@ def evaluate(child: str, read: Callable[[str], DataFrame], settings: Settings, t
         *(F.count(F.when(condition, 1)).alias(f"rule{i}") for i, (_, _, condition) in enumerate(rules)),
     ).collect()
     rows = sum(m["rows"] for m in monthly)
-    violations = [Violation(column, rule, failed)
-                  for i, (column, rule, _) in enumerate(rules) if (failed := sum(m[f"rule{i}"] for m in monthly))]
+    violations = [Violation(column, rule, failed, condition) for i, (column, rule, condition) in enumerate(rules)
+                  if (failed := sum(m[f"rule{i}"] for m in monthly))]
+    offending = offending_rows(df, violations, columns=read(child).columns)
     try:
         horizon = _horizon(child, max((m["latest"] for m in monthly if m["latest"]), default=None), read)
     except DataHorizonExceeded as exc:
-        return Outcome(rows, violations + [Violation(volume.column, f"monthly volume: {exc}", None)], [])
+        return Outcome(rows, violations + [Violation(volume.column, f"monthly volume: {exc}", None)], [], offending)
     window = read_window(settings, horizon, tags)
     months = complete_months(window, horizon) if window else []
     rows_by_month = {m["month"]: m["rows"] for m in monthly if m["month"]}
     violations += volume_violations(volume, rows_by_month, months, settings.sources.volume_band)
-    return Outcome(rows, violations, months)
+    return Outcome(rows, violations, months, offending)
 
 
 def _description(child: str, settings: Settings) -> str:
@@ -222,27 +228,22 @@ def relationship_checks(settings: Settings, asset_key: Callable[[str], AssetKey]
 
 def _relationship_check(child: str, settings: Settings, asset_key, reader):
     asset = asset_key(child)
+    table = quarantine_table(settings, asset, CHECK_NAME)
 
     @asset_check(
         asset=asset,
         name=CHECK_NAME,
         blocking=True,
-        description=_description(child, settings),
+        description=f"{_description(child, settings)}; failing rows go to {table.name}",
         additional_deps=[asset_key(ref.parent) for ref in _of(References, child)],
-        required_resource_keys={"spark", "catalog", STEP_LAUNCHER_KEY},
+        required_resource_keys={STEP_LAUNCHER_KEY, *QUARANTINE_RESOURCES},
     )
     def _check(context) -> AssetCheckResult:
         outcome = evaluate(child, lambda name: reader(name)(context), settings, context.run.tags)
-        failures = [v.describe(outcome.rows, examples=False) for v in outcome.violations]
         judged = f"{outcome.months[0]:%Y-%m} to {outcome.months[-1]:%Y-%m}" if outcome.months else "none"
-        metadata = {"rows": MetadataValue.int(outcome.rows), "violations": MetadataValue.int(len(failures)),
-                    "months_judged": MetadataValue.text(judged)}
-        if not failures:
-            return AssetCheckResult(passed=True, metadata=metadata)
-        message = f"{asset.to_user_string()} failed its relationship and volume rules:\n  " + "\n  ".join(failures)
-        context.log.error(message)
-        metadata["failures"] = MetadataValue.md("\n".join(f"- {line}" for line in failures))
-        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=message,
-                                metadata=metadata)
+        metadata = {"rows": MetadataValue.int(outcome.rows), "months_judged": MetadataValue.text(judged)}
+        return check_result(context, asset, "its relationship and volume rules",
+                            [v.describe(outcome.rows) for v in outcome.violations], metadata,
+                            quarantine(context, table, outcome.offending))
 
     return _check
