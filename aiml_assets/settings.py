@@ -265,6 +265,14 @@ class ErasureSettings(_Strict):
     key_env: str = Field("AIML_ERASURE_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
 
 
+class AuditSettings(_Strict):
+    """The audit log's hash chain (governance/audit.py) is an HMAC under this environment's audit key, held only in
+    the variable named here: a Databricks secret on clusters, the code server's and daemon's secret store."""
+
+    key_env: str = Field("AIML_AUDIT_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
+    development_key: bool = False  # local only: a fixed, public key when the variable is unset
+
+
 class ReleaseEntry(_Strict):
     """One deployed model version: what UAT and prod pull from Nexus, and the change request that put it there."""
 
@@ -300,6 +308,7 @@ class Settings(_Strict):
     publication: PublicationSettings | None = None
     lockdown: LockdownSettings | None = None  # required in uat and prod: no run launched by hand
     erasure: ErasureSettings = ErasureSettings()
+    audit: AuditSettings = AuditSettings()
     # product -> deployed versions; written by the promotion job (`aiml promote`), never by hand
     release_manifest: dict[str, ProductRelease] = {}
 
@@ -310,10 +319,16 @@ class Settings(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _clusters_get_the_erasure_key(self) -> Settings:
-        if self.databricks is not None and self.erasure.key_env not in {s.name for s in self.databricks.secrets}:
+    def _clusters_get_the_keys(self) -> Settings:
+        secrets = {s.name for s in self.databricks.secrets} if self.databricks is not None else set()
+        if self.databricks is not None and self.erasure.key_env not in secrets:
             raise ValueError(f"databricks.secrets: needs {self.erasure.key_env} from the environment's secret scope "
                              "(erasure.key_env): without it no run can leave erased customers out")
+        if self.databricks is not None and self.audit.key_env not in secrets:
+            raise ValueError(f"databricks.secrets: needs {self.audit.key_env} from the environment's secret scope "
+                             "(audit.key_env): without it no step can record to the audit log")
+        if self.audit.development_key and self.environment != "local":
+            raise ValueError("audit.development_key: local only; elsewhere the audit key is a secret")
         return self
 
     @model_validator(mode="after")

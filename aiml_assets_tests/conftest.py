@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import boto3
 import pytest
 from dagster import DagsterInstance
@@ -10,6 +12,9 @@ from moto import mock_aws
 from aiml_assets.resources.spark import SparkResource
 from aiml_assets.settings import load_settings
 from aiml_assets_tests.local_environment import TEST_ERASURE_KEY
+
+# every audit log the tests build, here and in the subprocesses they start, chains its events under this key
+os.environ.setdefault("AIML_AUDIT_KEY", "test-audit-key-not-a-secret")
 
 
 @pytest.fixture(scope="session")

@@ -66,13 +66,14 @@ def added(log: AuditLog, version: int) -> str:
     return next(action["add"]["path"] for action in commit(log, version) if "add" in action)
 
 
-def forge(log: AuditLog, version: int, rehash: bool = False, **changes) -> dict:
+def forge(log: AuditLog, version: int, rehash: bytes | None = None, **changes) -> dict:
     """Replace commit `version`'s data file with a new one holding its event with `changes` (and, with `rehash`,
-    a recomputed hash), and point the commit's add action at it, as someone who can write the bucket could."""
+    a hash recomputed under that key), and point the commit's add action at it, as someone who can write the bucket
+    could."""
     table = Path(log.location)
     event = {**pq.read_table(table / added(log, version)).to_pylist()[0], **changes}
     if rehash:
-        event["event_hash"] = chain.event_hash(event)
+        event["event_hash"] = chain.event_hash(event, rehash)
     forged = f"part-forged-{version}.parquet"
     pq.write_table(pa.Table.from_pylist([event], schema=SCHEMA), table / forged)
     write_commit(log, version, [{"add": {**action["add"], "path": forged, "size": (table / forged).stat().st_size,
@@ -187,7 +188,7 @@ def test_every_environment_keeps_its_audit_log_in_its_audit_bucket(aiml_home, en
 def test_each_event_links_the_hash_of_the_one_before(kept):
     events = kept.read()
     assert [e["prev_hash"] for e in events] == [chain.GENESIS] + [e["event_hash"] for e in events[:-1]]
-    assert all(chain.event_hash(e | {"details": json.dumps(e["details"], sort_keys=True)}) == e["event_hash"]
+    assert all(chain.event_hash(e | {"details": json.dumps(e["details"], sort_keys=True)}, kept.key()) == e["event_hash"]
                for e in events)
 
 
@@ -227,16 +228,54 @@ def test_a_commit_labelled_append_that_removes_an_event_is_refused(audit):
 def test_an_earlier_commit_rewritten_to_a_forged_event_is_refused(audit):
     forge(audit, 1, actor="mallory")
     assert "mallory" in DeltaTable(audit.location).to_pyarrow_table()["actor"].to_pylist()  # delta-rs serves it
-    refused(audit, r"event \w+ \(#1\) does not match its hash: it was altered")
+    refused(audit, r"event \w+ \(#1\) does not match its hash under the environment.s audit key: it was altered")
 
 
-def test_a_rebuilt_chain_is_refused_by_the_head_dagster_keeps(kept):
+def rebuild(log: AuditLog, key: bytes) -> None:
     prev = chain.GENESIS
-    for version in (1, 2, 3):  # every hash recomputed: consistent, but not the chain Dagster saw
-        prev = forge(kept, version, rehash=True, prev_hash=prev, **({"actor": "mallory"} if version == 1 else {}))[
+    for version in (1, 2, 3):  # every hash recomputed: a consistent chain, but not the one recorded
+        prev = forge(log, version, rehash=key, prev_hash=prev, **({"actor": "mallory"} if version == 1 else {}))[
             "event_hash"]
+
+
+def test_a_chain_rebuilt_without_the_key_is_refused_even_without_an_instance(kept):
+    rebuild(kept, b"a guess at the key")
+    refused(AuditLog(location=kept.location), r"event \w+ \(#1\) does not match its hash under the environment's "
+            "audit key")
+
+
+def test_a_chain_rebuilt_with_the_key_is_refused_by_the_head_dagster_keeps(kept):
+    rebuild(kept, kept.key())  # an insider holding the key
     assert AuditLog(location=kept.location).read()[0]["actor"] == "mallory"  # no instance: undetectable
     refused(kept, r"event #3 is not the one Dagster's instance recorded .*: the chain was rewritten")
+
+
+def test_forged_events_appended_after_the_newest_are_refused(audit):
+    """The attack the chain alone let through: a new commit of validly linked events, hashed without the key."""
+    prev = audit.read()[-1]
+    forged = []
+    for action in ("publication", "erasure_requested"):
+        event = {**prev, "event_id": f"forged-{action}", "action": action, "actor": "mallory", "details": "{}",
+                 "prev_hash": prev["event_hash"]}
+        event["event_hash"] = chain.event_hash(event, b"not the key")
+        forged.append(prev := event)
+    write_deltalake(audit.location, pa.Table.from_pylist(forged, schema=SCHEMA), mode="append")
+    refused(audit, r"event forged-publication \(#3\) does not match its hash under the environment's audit key")
+
+
+def test_a_commit_file_that_is_not_delta_json_is_refused_as_tampering(audit):
+    write_commit(audit, 3, [{}])
+    refused(audit, "version 3's commit file is not a Delta commit")
+
+
+def test_without_its_key_the_log_neither_records_nor_verifies(audit, monkeypatch):
+    monkeypatch.delenv("AIML_AUDIT_KEY")
+    for attempt in (audit.verify, lambda: audit.record("promotion", "models:/m/9", **EVENT)):
+        with pytest.raises(AuditLogError, match="needs its HMAC key in AIML_AUDIT_KEY"):
+            attempt()
+    local = AuditLog(location=audit.location, development_key=True)  # what resources/local.yaml says
+    with pytest.raises(AuditLogError, match="does not match its hash"):  # chained under the tests' key, not that one
+        local.verify()
 
 
 def test_deleting_the_whole_table_is_refused_and_nothing_is_recreated(kept):
@@ -254,7 +293,7 @@ def test_a_corrupted_data_file_fails_verification_and_stops_appends(audit):
 def test_a_second_event_linked_to_the_same_predecessor_is_refused(audit):
     first = audit.read()[0]
     twin = {**first, "event_id": "twin", "details": "{}", "actor": "mallory"}
-    twin["event_hash"] = chain.event_hash(twin)
+    twin["event_hash"] = chain.event_hash(twin, audit.key())
     write_deltalake(audit.location, pa.Table.from_pylist([twin], schema=SCHEMA), mode="append")
     refused(audit, f"events \\w+ and twin both follow {first['prev_hash']}: the chain forked")
 
@@ -315,3 +354,11 @@ def test_on_s3_the_log_commits_without_deleting_anything(moto_url, monkeypatch):
     for subject in ("first", "second"):
         log.record("promotion", subject, **EVENT)
     assert [e["subject"] for e in log.read()] == ["first", "second"]
+
+
+def test_a_planted_checkpoint_is_refused(audit):
+    """A checkpoint would let Delta's readers (Spark, SQL, an auditor's query) start from a state with events hidden
+    that the replay never read; the log writes none, so one found there was planted."""
+    log = Path(audit.location) / "_delta_log"
+    (log / "_last_checkpoint").write_text(json.dumps({"version": 1, "size": 3}))
+    refused(audit, "_delta_log holds .*_last_checkpoint: only commit files belong there")

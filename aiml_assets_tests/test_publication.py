@@ -281,5 +281,18 @@ def test_a_publisher_killed_at_any_step_leaves_a_state_the_rerun_completes_exact
     assert len(platform.publications(LATER)) == 1
 
 
+def test_a_version_whose_event_was_lost_gets_it_from_the_publisher_that_replaces_it(platform, tmp_path):
+    """Killed between the switch and its event, then replaced by a later day before any rerun of its own: the log
+    must still show that the name served it."""
+    killed = subprocess.run([sys.executable, __file__, str(tmp_path), EARLIER, "switched"], capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert platform.publications(EARLIER) == []
+    assert platform.publish(LATER).published
+    [recorded] = platform.publications(EARLIER)
+    assert recorded["details"]["repaired"] is True and recorded["details"]["snapshot_date"] == EARLIER
+    assert platform.publications(LATER)[0]["details"]["replaced"] == platform.candidate(EARLIER).version_id
+
+
 if __name__ == "__main__":
     _killed_at(Platform(Path(sys.argv[1])), sys.argv[2], sys.argv[3])

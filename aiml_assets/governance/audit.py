@@ -39,6 +39,7 @@ AUDIT_ROLE = "audit"  # bucket role in resources/<env>.yaml
 AUDIT_TABLE = "audit_log"
 # old commit files must stay: verification replays the log from version 0
 TABLE_CONFIGURATION = {"delta.appendOnly": "true", "delta.enableExpiredLogCleanup": "false"}
+DEVELOPMENT_KEY = b"aiml-local-development-audit-key"  # not a secret: only where settings.audit.development_key
 APPEND_ATTEMPTS = 20  # appends racing for the next version: each loser re-verifies and links the new head
 RUN_ID_KEY = "dagster_run_id"  # commit metadata, as in resources/tables.py
 
@@ -104,23 +105,27 @@ def actor_of(tags: Mapping[str, str]) -> str:
 class AuditLog(ConfigurableResource):
     location: str  # the table's URI: a folder locally, s3://... remotely
     storage_options: dict[str, str] = {}
+    key_env: str = "AIML_AUDIT_KEY"  # the variable holding the chain's HMAC key (settings.audit.key_env)
+    development_key: bool = False  # local only: a fixed key when the variable is unset
     _instance: DagsterInstance | None = PrivateAttr(default=None)  # where the chain head is kept
 
     @classmethod
-    def in_bucket(cls, storage: Storage) -> "AuditLog":
+    def in_bucket(cls, storage: Storage, key_env: str = "AIML_AUDIT_KEY", development_key: bool = False) -> "AuditLog":
         # commits are create-if-absent puts (delta-rs 1.x's default, said explicitly): never a copy-then-delete
         # rename, which the audit bucket's deny-delete policy refuses
         options = {"AWS_REGION": storage.region, "AWS_CONDITIONAL_PUT": "etag"} if isinstance(storage, S3Storage) else {}
         if isinstance(storage, S3Storage) and storage.endpoint_url:
             options["AWS_ENDPOINT_URL"] = storage.endpoint_url
-        return cls(location=storage.uri(AUDIT_ROLE, AUDIT_TABLE), storage_options=options)
+        return cls(location=storage.uri(AUDIT_ROLE, AUDIT_TABLE), storage_options=options, key_env=key_env,
+                   development_key=development_key)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._instance = context.instance
 
     def for_instance(self, instance: DagsterInstance | None) -> "AuditLog":
         """This log, keeping its chain head in `instance` (an executor's or a CLI's, which Dagster does not pass)."""
-        bound = AuditLog(location=self.location, storage_options=self.storage_options)
+        bound = AuditLog(location=self.location, storage_options=self.storage_options, key_env=self.key_env,
+                         development_key=self.development_key)
         bound._instance = instance or self._instance
         return bound
 
@@ -144,17 +149,18 @@ class AuditLog(ConfigurableResource):
                                   storage_options=self.storage_options or None)
                 continue  # verify what was created (here or by a racing writer)
             event["prev_hash"] = events[-1]["event_hash"] if events else chain.GENESIS
-            event["event_hash"] = chain.event_hash(event)
+            event["event_hash"] = chain.event_hash(event, self.key())
             table = DeltaTable(self.location, version=version, storage_options=self.storage_options or None)
             try:  # at exactly version + 1: a writer that appended first makes this fail rather than fork the chain
                 write_deltalake(table, pa.Table.from_pylist([event], schema=SCHEMA), mode="append",
                                 commit_properties=commit,
-                                post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False))
+                                post_commithook_properties=PostCommitHookProperties(
+                                    create_checkpoint=False, cleanup_expired_logs=False))
             except CommitFailedError as exc:
                 lost = exc
                 continue
             if instance := self._head_store():
-                chain.record_head(instance, self.location, chain.Head(len(events) + 1, event["event_hash"],
+                chain.record_head(instance, self._head_partition, chain.Head(len(events) + 1, event["event_hash"],
                                                                       version + 1))
             return event
         raise AuditLogError(f"{self.location}: audit event not recorded: {APPEND_ATTEMPTS} attempts lost the race "
@@ -176,12 +182,26 @@ class AuditLog(ConfigurableResource):
         try:
             fs = chain.filesystem(self.location, self.storage_options)
             replayed = chain.replay(fs) if fs else None
-            events = chain.chained(chain.rows(fs, replayed, SCHEMA)) if replayed else []
+            events = chain.chained(chain.rows(fs, replayed, SCHEMA), self.key()) if replayed else []
             if instance := self._head_store():
-                chain.check_head(chain.latest_head(instance, self.location), events)
+                chain.check_head(chain.latest_head(instance, self._head_partition), events)
         except chain.TamperedLog as exc:
             raise AuditLogError(f"{self.location}: audit log failed verification: {exc}") from exc
         return (replayed.version if replayed else None), events
+
+    @property
+    def _head_partition(self) -> str:
+        return self.location.rstrip("/")  # one log, however its location is spelled
+
+    def key(self) -> bytes:
+        """The environment's audit key (its variable; a Databricks secret remotely); locally a fixed development key
+        when the variable is unset, since a local log proves nothing to anyone but its owner."""
+        if key := os.environ.get(self.key_env, ""):
+            return key.encode()
+        if self.development_key:
+            return DEVELOPMENT_KEY
+        raise AuditLogError(f"{self.location}: the audit log needs its HMAC key in {self.key_env} (on Databricks, from "
+                            "the environment's secret scope); without it no event can be recorded or verified")
 
     def _head_store(self) -> DagsterInstance | None:
         home = os.environ.get("DAGSTER_HOME", "")

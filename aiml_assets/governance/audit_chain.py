@@ -10,6 +10,7 @@ and recomputes every hash. `check_head` compares the chain with the last head th
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -46,12 +47,13 @@ class Head:
     version: int
 
 
-def event_hash(event: dict) -> str:
-    """sha256 over a canonical JSON of the event's fields and the previous event's hash."""
+def event_hash(event: dict, key: bytes) -> str:
+    """HMAC-SHA256 under the environment's audit key over a canonical JSON of the event's fields and the previous
+    event's hash: whoever can write the bucket but lacks the key cannot add, alter or rebuild a linked event."""
     fields = {key: value for key, value in event.items() if key != "event_hash"}
     fields["recorded_at"] = fields["recorded_at"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def filesystem(location: str, storage_options: dict[str, str]) -> pafs.FileSystem | None:
@@ -66,6 +68,9 @@ def replay(fs: pafs.FileSystem) -> Replay | None:
     """The table's commits, checked action by action (labels are ignored); None if it has none."""
     files = fs.get_file_info(pafs.FileSelector("_delta_log", allow_not_found=True))
     commits = sorted((int(m.group(1)), info.path) for info in files if (m := COMMIT_FILE.search(info.path)))
+    # the log writes no checkpoint: one would let Delta's readers start from a state the replay never checked
+    if foreign := sorted(info.path for info in files if not COMMIT_FILE.search(info.path)):
+        raise TamperedLog(f"_delta_log holds {', '.join(foreign[:3])}: only commit files belong there")
     if not commits:
         return None
     if missing := sorted(set(range(commits[-1][0] + 1)) - {version for version, _ in commits}):
@@ -73,9 +78,12 @@ def replay(fs: pafs.FileSystem) -> Replay | None:
     paths: list[str] = []
     for version, file in commits:
         with fs.open_input_stream(file) as stream:
-            actions = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
-        for action in actions:
-            _check_action(version, action, paths)
+            text = stream.read().decode(errors="replace")
+        try:
+            for action in (json.loads(line) for line in text.splitlines() if line.strip()):
+                _check_action(version, action, paths)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not the JSON actions Delta writes
+            raise TamperedLog(f"version {version}'s commit file is not a Delta commit ({type(exc).__name__})") from exc
     return Replay(version=commits[-1][0], paths=tuple(paths))
 
 
@@ -108,10 +116,13 @@ def rows(fs: pafs.FileSystem, replayed: Replay, schema) -> list[dict]:
         raise TamperedLog(f"its data files cannot be read: {type(exc).__name__}: {exc}") from exc
 
 
-def chained(events: list[dict]) -> list[dict]:
-    """`events` oldest first, following the links from GENESIS; refuses a fork, a broken link or a forged hash."""
+def chained(events: list[dict], key: bytes) -> list[dict]:
+    """`events` oldest first, following the links from GENESIS; refuses a fork, a broken link, a forged hash or an
+    event id used twice."""
     if unhashed := [event["event_id"] for event in events if not event["event_hash"]]:
         raise TamperedLog(f"event {unhashed[0]} has no hash: the log predates the hash chain or was altered")
+    if len({event["event_id"] for event in events}) != len(events):
+        raise TamperedLog("an event id is used twice: an event was copied")
     by_prev: dict[str, dict] = {}
     for event in events:
         if (twin := by_prev.setdefault(event["prev_hash"], event)) is not event:
@@ -119,9 +130,9 @@ def chained(events: list[dict]) -> list[dict]:
                               "the chain forked")
     ordered, prev = [], GENESIS
     while (event := by_prev.get(prev)) is not None:
-        if event_hash(event) != event["event_hash"]:
-            raise TamperedLog(f"event {event['event_id']} (#{len(ordered) + 1}) does not match its hash: it was "
-                              "altered")
+        if not hmac.compare_digest(event_hash(event, key), event["event_hash"]):
+            raise TamperedLog(f"event {event['event_id']} (#{len(ordered) + 1}) does not match its hash under the "
+                              "environment's audit key: it was altered or forged")
         ordered.append(event)
         prev = event["event_hash"]
     if len(ordered) != len(events):
@@ -129,13 +140,15 @@ def chained(events: list[dict]) -> list[dict]:
     return ordered
 
 
+HEADS_READ = 20  # appenders racing may record their heads out of order: the longest of the latest few counts
+
+
 def latest_head(instance: DagsterInstance, location: str) -> Head | None:
     records = instance.fetch_observations(AssetRecordsFilter(asset_key=HEAD_KEY, asset_partitions=[location]),
-                                          limit=1).records
-    if not records:
-        return None
-    metadata = records[0].asset_observation.metadata
-    return Head(*(metadata[key].value for key in ("events", "event_hash", "version")))
+                                          limit=HEADS_READ).records
+    heads = [Head(*(r.asset_observation.metadata[k].value for k in ("events", "event_hash", "version")))
+             for r in records]
+    return max(heads, key=lambda head: head.events, default=None)
 
 
 def record_head(instance: DagsterInstance, location: str, head: Head) -> None:

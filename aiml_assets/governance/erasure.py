@@ -38,10 +38,10 @@ from aiml_assets.inference.assets import SCORES_KEY, SCORING_FEATURES_KEY
 from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
 from aiml_assets.governance.audit import actor
 from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, digest, erased_ids, erasure_key, held, without
-from aiml_assets.governance.retention import DELTA_LOG, scrub_history
+from aiml_assets.governance.retention import DELTA_LOG, destroy_noncurrent, scrub_history
 from aiml_assets.models.training import registered_name
 from aiml_assets.publication.cdp import VERSIONS, cdp_name
-from aiml_assets.publication.protocol import ROLE as PUBLICATION_ROLE
+from aiml_assets.publication.protocol import MARKER, ROLE as PUBLICATION_ROLE
 from aiml_assets.quarantine import QUARANTINE_PREFIX, quarantine_role
 from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
 from aiml_assets.settings import Settings
@@ -116,19 +116,12 @@ def customer_tables(settings: Settings) -> list[AssetTable]:
     return tables
 
 
-def quarantine_tables(settings: Settings, storage) -> list[AssetTable]:
-    """The quarantine tables failing checks have written (quarantine.py): the offending rows, customers' among them."""
-    role = quarantine_role(settings)
-    return [AssetTable(table_name(settings, role, k), role, k, None, settings.catalog.table_owner)
-            for k in delta_tables_under(storage, role, QUARANTINE_PREFIX)]
-
-
 @dataclass(frozen=True)
-class PublishedVersion:
-    """A CDP version's table in the publication bucket: immutable, but for an erasure (whose audit event lists it).
-    Read by its location: locally no catalog name is its own, on Unity Catalog its name is `<cdp>__v_<id>`."""
+class StoredTable:
+    """A table found in a bucket and read by its location: a quarantine, or a CDP version's table (immutable, but
+    for an erasure, whose audit event lists it; locally no catalog name is its own)."""
 
-    name: str  # for the report: the CDP's name and the version folder
+    name: str  # for the report: the catalog name, or the CDP's and the version folder
     role: str
     key: str
     partition_column = None
@@ -143,16 +136,38 @@ class PublishedVersion:
         return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id)
 
 
+def quarantine_tables(settings: Settings, storage) -> list[StoredTable]:
+    """The quarantine tables failing checks have written (quarantine.py): the offending rows, customers' among them;
+    found in the bucket, so also one whose check was killed before naming it in the catalog."""
+    role = quarantine_role(settings)
+    keys = delta_tables_under(storage, role, QUARANTINE_PREFIX)
+    return [StoredTable(table_name(settings, role, k), role, k) for k in keys]
+
+
 def delta_tables_under(storage, role: str, prefix: str) -> list[str]:
     return sorted({o.key.split(f"/{DELTA_LOG}/")[0] for o in storage.list(role, prefix) if f"/{DELTA_LOG}/" in o.key})
 
 
-def published_versions(settings: Settings, storage) -> list[PublishedVersion]:
+def published_versions(settings: Settings, storage) -> list[StoredTable]:
     """Every table of every CDP version written (those a killed publisher left unclaimed too)."""
     if "cdp_publication" not in settings.asset_groups:
         return []
-    return [PublishedVersion(f"{cdp_name(settings)} {k.removeprefix(VERSIONS)}", PUBLICATION_ROLE, k)
+    return [StoredTable(f"{cdp_name(settings)} {k.removeprefix(VERSIONS)}", PUBLICATION_ROLE, k)
             for k in delta_tables_under(storage, PUBLICATION_ROLE, VERSIONS)]
+
+
+def remove_unclaimed_attempts(settings: Settings, storage) -> int:
+    """Delete what a publisher killed before its first commit left in the version folders: Parquet files no Delta log
+    names (and so no rewrite above reached); returns how many objects went, their versions destroyed too."""
+    if "cdp_publication" not in settings.asset_groups:
+        return 0
+    tables = delta_tables_under(storage, PUBLICATION_ROLE, VERSIONS)
+    stray = [o for o in storage.list(PUBLICATION_ROLE, VERSIONS) if not o.key.endswith(f"/{MARKER}")
+             and not any(o.key.startswith(f"{t}/") for t in tables)]
+    for item in stray:
+        storage.delete(PUBLICATION_ROLE, item.key)
+    destroy_noncurrent(storage, PUBLICATION_ROLE, VERSIONS)
+    return len(stray)
 
 
 def erase_from_tables(context, settings: Settings, digests: list[str], key: bytes) -> dict[str, dict[str, int]]:
@@ -160,9 +175,8 @@ def erase_from_tables(context, settings: Settings, digests: list[str], key: byte
     the customers, then scrub the table's history; returns table -> partition ("all" for an unpartitioned table) ->
     rows removed."""
     removed, storage = defaultdict(dict), context.resources.storage
-    named = [t for t in customer_tables(settings) + quarantine_tables(settings, storage)
-             if context.resources.catalog.exists(t.name)]
-    for table in named + published_versions(settings, storage):
+    named = [t for t in customer_tables(settings) if context.resources.catalog.exists(t.name)]
+    for table in named + quarantine_tables(settings, storage) + published_versions(settings, storage):
         # the rewrite must not restart the retention clock of the partitions it rewrites
         context.resources.tables.record_first_writes(table.location(context), run_id=context.run.run_id)
         rows = table.read(context)
@@ -176,13 +190,15 @@ def erase_from_tables(context, settings: Settings, digests: list[str], key: byte
                 table.overwrite(context, without(rows, ids))
             removed[table.name][partition] = count
             context.log.info(f"{table.name} {partition}: {count} rows of erased customers removed")
-        if hits:
-            context.resources.tables.vacuum(table.location(context), retain_hours=0)
-            scrub_history(context.resources.storage, context.resources.tables, table.role, table.key)
-            left = log_naming(context.resources.storage, table.role, table.key, digests, key)
-            if left:
-                raise ErasureIncomplete(f"{table.name}: after the rewrite and scrub, {len(left)} Delta log entries "
-                                        f"still name erased customers (statistics or tombstones): {', '.join(left)}")
+        # whether or not the current version holds them: an earlier one may (a partition since recomputed)
+        context.resources.tables.vacuum(table.location(context), retain_hours=0)
+        for leftover in storage.list(table.role, f"{table.key}/_staging/"):  # a killed write's files: no log names them
+            storage.delete(table.role, leftover.key)
+        scrub_history(storage, context.resources.tables, table.role, table.key)
+        left = log_naming(storage, table.role, table.key, digests, key)
+        if left:
+            raise ErasureIncomplete(f"{table.name}: after the rewrite and scrub, {len(left)} Delta log entries "
+                                    f"still name erased customers (statistics or tombstones): {', '.join(left)}")
     return dict(removed)
 
 
@@ -230,6 +246,7 @@ def erasure_job(settings: Settings):
         audit.record(ERASURE_REQUESTED, config.request_id, **who, details={DIGESTS: digests, "customers": len(digests)})
         models = models_trained_on(context, settings, digests, key, config.request_id) if has_models else {}
         removed = erase_from_tables(context, settings, digests, key)
+        remove_unclaimed_attempts(settings, context.resources.storage)
         audit.record(ERASURE, config.request_id, **who, details={
             "customers": len(digests), "rows_removed": removed, "models_trained_on_them": models})
         context.add_output_metadata({

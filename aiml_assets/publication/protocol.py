@@ -1,7 +1,7 @@
 """Publishing a CDP version exactly once, whatever runs beside it and wherever it is killed.
 
 1. The version is written once. Its data is committed to a fresh attempt folder `<folder>/<attempt>`; the version
-   exists when its marker `<folder>/VERSION.json` is created (`Storage.create`: O_EXCL locally, S3 IfNoneMatch
+   exists when its marker `<folder>/VERSION.json` is created (`Storage.create`: a hard link locally, S3 IfNoneMatch
    remotely) naming that attempt. Of racing writers exactly one creates the marker; the others remove their attempt
    and use the marker's, so no committed version is ever rewritten, and a writer that finds the marker writes
    nothing. A writer killed before its marker leaves an attempt nothing reads. (Each attempt folder is new, so the
@@ -11,7 +11,8 @@
    re-reads and decides again, so an earlier day never replaces a later one however they race.
 4. `publication_started` before the switch, `publication` after. A publisher killed between the switch and the
    event leaves the catalog on a version the audit log does not show: the next publisher of that version finds it
-   served without its event, completes the switch again (idempotent) and records the event (`repaired`). Two such
+   served without its event, completes the switch again (idempotent) and records the event (`repaired`); a publisher
+   replacing it first records it the same way before its own switch. Two such
    repairs at once could both record it; the `cdp_publication` pool runs one publication step at a time.
 """
 
@@ -98,7 +99,7 @@ def _marked(storage: Storage, folder: str) -> str | None:
             return None
         raise
     except ValueError:
-        marker = None  # a local writer killed between creating the marker and writing it
+        marker = None  # not the JSON a publisher writes: someone else's
     attempt = marker.get("attempt") if isinstance(marker, dict) else None
     if not isinstance(attempt, str) or not _ATTEMPT.fullmatch(attempt):
         raise VersionError(f"{storage.uri(ROLE, key)} names no attempt folder of the version ({marker!r}); if no "
@@ -138,6 +139,7 @@ def publish_once(candidate: Candidate, *, catalog: Catalog, audit: AuditLog, sto
         if reason := not_publishable(current, version_id, day):
             return Outcome(False, location, reason + " (by a publisher running beside this one)")
         replaces = current.get("cdp_version")
+        _record_served(audit, events, name, replaces)
         audit.record(PUBLICATION_STARTED, **events, details=details)
         try:
             catalog.publish(name, location, version_id=version_id, replaces=replaces, **switch)
@@ -147,6 +149,17 @@ def publish_once(candidate: Candidate, *, catalog: Catalog, audit: AuditLog, sto
         return Outcome(True, location, replaced=replaces)
     raise PublicationConflict(f"{name}: version {version_id} lost the catalog switch {SWITCH_ATTEMPTS} times in a "
                               "row to other publishers; nothing of it was switched")
+
+
+def _record_served(audit: AuditLog, events: dict, name: str, version_id: str | None) -> None:
+    """Before a version is replaced: if its publisher died between the switch and its `publication` event, record
+    that event now (from its `publication_started`), so the log shows every version the name ever served."""
+    if version_id is None or _recorded(audit, name, version_id):
+        return
+    started = [e for e in audit.read(PUBLICATION_STARTED)
+               if e["subject"] == name and e["details"].get("cdp_version") == version_id]
+    details = started[-1]["details"] if started else {"cdp_version": version_id}
+    audit.record(PUBLICATION, **events, details={**details, "repaired": True})
 
 
 def _repair(candidate: Candidate, catalog: Catalog, audit: AuditLog, storage: Storage, events: dict,

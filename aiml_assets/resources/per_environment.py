@@ -36,7 +36,8 @@ def build_resources(settings: Settings) -> dict:
                else S3Storage(buckets=settings.storage.buckets))
     roots = [storage.root(role) for role in settings.storage.buckets]
     catalogs = dict(readable=readable_catalogs(settings), writable=writable_catalogs(settings))
-    shared = {"storage": storage, "mlflow": mlflow, "nexus": nexus, "audit": AuditLog.in_bucket(storage),
+    audit = AuditLog.in_bucket(storage, **settings.audit.model_dump())
+    shared = {"storage": storage, "mlflow": mlflow, "nexus": nexus, "audit": audit,
               "release_manifest": release_manifest_for(settings)}
     if settings.is_local:
         return {

@@ -105,12 +105,14 @@ class LocalStorage(Storage):
     def create(self, role, key, data) -> bool:
         path = Path(self.uri(role, key))
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+            tmp.write(data)
+        try:  # a hard link is created whole or not at all: no reader or kill ever sees it empty
+            os.link(tmp.name, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        finally:
+            os.unlink(tmp.name)
         return True
 
     def get(self, role, key) -> bytes:
