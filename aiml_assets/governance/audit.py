@@ -124,8 +124,7 @@ class AuditLog(ConfigurableResource):
 
     def for_instance(self, instance: DagsterInstance | None) -> "AuditLog":
         """This log, keeping its chain head in `instance` (an executor's or a CLI's, which Dagster does not pass)."""
-        bound = AuditLog(location=self.location, storage_options=self.storage_options, key_env=self.key_env,
-                         development_key=self.development_key)
+        bound = self.model_copy()
         bound._instance = instance or self._instance
         return bound
 

@@ -23,7 +23,6 @@ run an erasure while no other job is running.
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +37,7 @@ from aiml_assets.inference.assets import SCORES_KEY, SCORING_FEATURES_KEY
 from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
 from aiml_assets.governance.audit import actor
 from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, digest, erased_ids, erasure_key, held, without
-from aiml_assets.governance.retention import DELTA_LOG, destroy_noncurrent, scrub_history
+from aiml_assets.governance.retention import DELTA_LOG, delta_tables, destroy_noncurrent, scrub_history
 from aiml_assets.models.training import registered_name
 from aiml_assets.publication.cdp import VERSIONS, cdp_name
 from aiml_assets.publication.protocol import MARKER, ROLE as PUBLICATION_ROLE
@@ -116,44 +115,29 @@ def customer_tables(settings: Settings) -> list[AssetTable]:
     return tables
 
 
-@dataclass(frozen=True)
-class StoredTable:
-    """A table found in a bucket and read by its location: a quarantine, or a CDP version's table (immutable, but
-    for an erasure, whose audit event lists it; locally no catalog name is its own)."""
+class StoredTable(AssetTable):
+    """An unpartitioned table found in a bucket and read by its location: a quarantine, or a CDP version's table
+    (immutable, but for an erasure, whose audit event lists it; locally no catalog name is its own)."""
 
-    name: str  # for the report: the catalog name, or the CDP's and the version folder
-    role: str
-    key: str
-    partition_column = None
-
-    def location(self, context) -> str:
-        return context.resources.storage.uri(self.role, self.key)
-
-    def read(self, context):
+    def read(self, context, values=None):
         return context.resources.tables.read(context.resources.spark.get_session(), self.location(context))
-
-    def overwrite(self, context, df) -> int:
-        return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id)
 
 
 def quarantine_tables(settings: Settings, storage) -> list[StoredTable]:
     """The quarantine tables failing checks have written (quarantine.py): the offending rows, customers' among them;
     found in the bucket, so also one whose check was killed before naming it in the catalog."""
     role = quarantine_role(settings)
-    keys = delta_tables_under(storage, role, QUARANTINE_PREFIX)
-    return [StoredTable(table_name(settings, role, k), role, k) for k in keys]
-
-
-def delta_tables_under(storage, role: str, prefix: str) -> list[str]:
-    return sorted({o.key.split(f"/{DELTA_LOG}/")[0] for o in storage.list(role, prefix) if f"/{DELTA_LOG}/" in o.key})
+    return [StoredTable(table_name(settings, role, k), role, k, None, settings.catalog.table_owner)
+            for k in sorted(delta_tables(storage.list(role, QUARANTINE_PREFIX)))]
 
 
 def published_versions(settings: Settings, storage) -> list[StoredTable]:
     """Every table of every CDP version written (those a killed publisher left unclaimed too)."""
     if "cdp_publication" not in settings.asset_groups:
         return []
-    return [StoredTable(f"{cdp_name(settings)} {k.removeprefix(VERSIONS)}", PUBLICATION_ROLE, k)
-            for k in delta_tables_under(storage, PUBLICATION_ROLE, VERSIONS)]
+    keys = sorted(delta_tables(storage.list(PUBLICATION_ROLE, VERSIONS)))
+    return [StoredTable(f"{cdp_name(settings)} {k.removeprefix(VERSIONS)}", PUBLICATION_ROLE, k, None,
+                        settings.publication.owner) for k in keys]
 
 
 def remove_unclaimed_attempts(settings: Settings, storage) -> int:
@@ -161,7 +145,7 @@ def remove_unclaimed_attempts(settings: Settings, storage) -> int:
     names (and so no rewrite above reached); returns how many objects went, their versions destroyed too."""
     if "cdp_publication" not in settings.asset_groups:
         return 0
-    tables = delta_tables_under(storage, PUBLICATION_ROLE, VERSIONS)
+    tables = delta_tables(storage.list(PUBLICATION_ROLE, VERSIONS))
     stray = [o for o in storage.list(PUBLICATION_ROLE, VERSIONS) if not o.key.endswith(f"/{MARKER}")
              and not any(o.key.startswith(f"{t}/") for t in tables)]
     for item in stray:

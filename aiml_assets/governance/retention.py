@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from aiml_assets.resources.storage import ObjectVersion, Storage
+from aiml_assets.resources.storage import ObjectVersion, Storage, StoredObject
 from aiml_assets.sql_identifiers import IDENTIFIER, ISO_DATE, UnsafeSqlValue
 
 DELTA_LOG = "_delta_log"
@@ -61,9 +61,9 @@ def past_retention(storage: Storage, role: str, limit: datetime) -> list[ObjectV
     return [v for v in storage.versions(role) if v.last_modified < limit]
 
 
-def delta_tables(versions: list[ObjectVersion]) -> set[str]:
-    """The keys of the Delta tables in a bucket: the folders holding a `_delta_log`."""
-    return {v.key.split(f"/{DELTA_LOG}/")[0] for v in versions if f"/{DELTA_LOG}/" in v.key}
+def delta_tables(objects: Iterable[ObjectVersion | StoredObject]) -> set[str]:
+    """The keys of the Delta tables among a bucket's objects: the folders holding a `_delta_log`."""
+    return {o.key.split(f"/{DELTA_LOG}/")[0] for o in objects if f"/{DELTA_LOG}/" in o.key}
 
 
 def purge(storage: Storage, tables, catalog, *, role: str, retention_days: int, now: datetime, run_id: str,

@@ -105,12 +105,17 @@ class LocalCatalog(Catalog):
         """Where a table owned by the catalog itself lives (the local stand-in for EDP's storage)."""
         return str(Path(self.home, "catalog", *check_name(name).split(".")))
 
+    @staticmethod
+    def _row(name, location, owner, comment, properties) -> tuple:
+        """A registry row; `registered_at` is a record of when, which nothing decides on."""
+        return (check_name(name), location, owner, comment, json.dumps(properties or {}, sort_keys=True),
+                datetime.now(timezone.utc).isoformat())
+
     def register(self, name, location, *, owner, comment="", properties=None) -> None:
         self._may("write", name)
-        row = (check_name(name), location, owner, comment, json.dumps(properties or {}, sort_keys=True),
-               datetime.now(timezone.utc).isoformat())
         with closing(self._connect()) as conn, conn:
-            conn.execute("INSERT OR REPLACE INTO tables VALUES (?, ?, ?, ?, ?, ?)", row)
+            conn.execute("INSERT OR REPLACE INTO tables VALUES (?, ?, ?, ?, ?, ?)",
+                         self._row(name, location, owner, comment, properties))
 
     def entry(self, name: str) -> dict:
         with closing(self._connect()) as conn:
@@ -139,19 +144,17 @@ class LocalCatalog(Catalog):
 
     def publish(self, name, location, *, version_id, owner, comment, properties, read_grants, replaces=None) -> None:
         self._may("write", name)
-        described = json.dumps({**properties, "cdp_version": version_id, "read_grants": sorted(read_grants)},
-                               sort_keys=True)
-        values = (location, owner, comment, described, datetime.now(timezone.utc).isoformat())
+        row = self._row(name, location, owner, comment,
+                        {**properties, "cdp_version": version_id, "read_grants": sorted(read_grants)})
         # one statement, the compare and the swap together: readers resolve the old version or the new one
         with closing(self._connect()) as conn, conn:
             if replaces is None:
-                switched = conn.execute("INSERT OR IGNORE INTO tables VALUES (?, ?, ?, ?, ?, ?)",
-                                        (check_name(name), *values)).rowcount
+                switched = conn.execute("INSERT OR IGNORE INTO tables VALUES (?, ?, ?, ?, ?, ?)", row).rowcount
             else:
                 switched = conn.execute(
                     "UPDATE tables SET location = ?, owner = ?, comment = ?, properties = ?, registered_at = ? "
                     "WHERE name = ? AND json_extract(properties, '$.cdp_version') = ?",
-                    (*values, check_name(name), replaces)).rowcount
+                    (*row[1:], row[0], replaces)).rowcount
         if not switched:
             serves = (self.published(name) or {}).get("cdp_version", "nothing")
             raise PublicationConflict(f"{name}: not switched to version {version_id}: it serves {serves}, not "
