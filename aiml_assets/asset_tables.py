@@ -12,7 +12,22 @@ from dagster import AssetKey
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.storage import Storage
+from aiml_assets.resources.tables import DeltaTables
 from aiml_assets.settings import Settings
+
+
+@dataclass(frozen=True)
+class TableAccess:
+    """What an asset's tables are read and written with: its resources, typed, and the run that writes."""
+
+    spark: SparkResource
+    catalog: Catalog
+    tables: DeltaTables
+    storage: Storage
+    run_id: str
 
 
 @dataclass(frozen=True)
@@ -23,26 +38,24 @@ class AssetTable:
     partition_column: str | None  # None: unpartitioned, each write replaces the whole table
     owner: str  # the catalog principal that owns the table
 
-    def location(self, context) -> str:
-        return context.resources.storage.uri(self.role, self.key)
+    def location(self, io: TableAccess) -> str:
+        return io.storage.uri(self.role, self.key)
 
-    def write_partition(self, context, df: DataFrame, value: str) -> int:
+    def write_partition(self, io: TableAccess, df: DataFrame, value: str) -> int:
         """Replace one partition atomically; returns the table's new Delta version."""
-        return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id,
-                                              partition_by=[self.partition_column],
-                                              replace={self.partition_column: value})
+        return io.tables.write(df, self.location(io), run_id=io.run_id, partition_by=[self.partition_column],
+                               replace={self.partition_column: value})
 
-    def overwrite(self, context, df: DataFrame) -> int:
+    def overwrite(self, io: TableAccess, df: DataFrame) -> int:
         """Replace the whole table atomically; returns its new Delta version."""
-        return context.resources.tables.write(df, self.location(context), run_id=context.run.run_id)
+        return io.tables.write(df, self.location(io), run_id=io.run_id)
 
-    def register(self, context, *, comment: str, properties: dict) -> None:
+    def register(self, io: TableAccess, *, comment: str, properties: dict) -> None:
         """Name the table in the catalog (on Unity Catalog a few SQL statements, so once per run)."""
-        context.resources.catalog.register(self.name, self.location(context), owner=self.owner, comment=comment,
-                                           properties=properties)
+        io.catalog.register(self.name, self.location(io), owner=self.owner, comment=comment, properties=properties)
 
-    def read(self, context, values: list | None = None) -> DataFrame:
-        table = context.resources.catalog.read(context.resources.spark.get_session(), self.name)
+    def read(self, io: TableAccess, values: list | None = None) -> DataFrame:
+        table = io.catalog.read(io.spark.get_session(), self.name)
         return table if values is None else table.filter(F.col(self.partition_column).isin(values))
 
 

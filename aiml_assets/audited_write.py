@@ -10,19 +10,33 @@ from collections.abc import Generator
 from dagster import AssetCheckResult, AssetCheckSpec, AssetKey, Failure, MetadataValue
 from pyspark.sql import DataFrame
 
-from aiml_assets.quality import Model, as_schema, check_name, validate
-from aiml_assets.quarantine import combined, check_result, offending_rows, quarantine, quarantine_table
+from aiml_assets.asset_tables import TableAccess
+from aiml_assets.quality import Model, check_name, schema_check_spec, validate
+from aiml_assets.quarantine import check_result, combined, offending_rows, quarantine, quarantine_table
 from aiml_assets.settings import Settings
 
 
-def audit_spec(asset: AssetKey, model: Model) -> AssetCheckSpec:
-    name = as_schema(model).name
-    return AssetCheckSpec(check_name(model), asset=asset, blocking=True,
-                          description=f"pandera schema {name}, audited in the asset's step before anything is "
-                          "written: types, nullability, ranges, allowed values, unique keys")
+def audit_spec(asset: AssetKey, model: Model, settings: Settings) -> AssetCheckSpec:
+    spec = schema_check_spec(asset, model, settings)
+    return spec._replace(description=spec.description + "; audited in the asset's step before anything is written, "
+                         "so a failure leaves its current partitions current")
 
 
-def audited(context, asset: AssetKey, model: Model, staged: dict[object, DataFrame],
+def refuse_unaudited(context, audits: list[AssetCheckSpec]) -> None:
+    """An audited asset is written only with its audit, and an audit judges only what its step is about to write:
+    a selection taking one without the other is refused before any work."""
+    assets, checks = context.selected_asset_keys, context.selected_asset_check_keys
+    for spec in audits:
+        asset = spec.asset_key.to_user_string()
+        if spec.asset_key in assets and spec.key not in checks:
+            raise Failure(f"{asset} is written only once its blocking check {spec.name} passed, and the selection "
+                          f"leaves {spec.name} out: select it with {asset}", allow_retries=False)
+        if spec.key in checks and spec.asset_key not in assets:
+            raise Failure(f"check {spec.name} audits what the step of {asset} is about to write, and the selection "
+                          f"leaves {asset} out: select {asset} with it", allow_retries=False)
+
+
+def audited(log, io: TableAccess, asset: AssetKey, model: Model, staged: dict[object, DataFrame],
             settings: Settings) -> Generator[AssetCheckResult, None, AssetCheckResult]:
     """The passing check result of every staged partition (for the materialization to carry), or: the failing
     result is recorded and the step fails, before anything is written but the quarantine."""
@@ -33,9 +47,9 @@ def audited(context, asset: AssetKey, model: Model, staged: dict[object, DataFra
         failures += [f"partition {partition}: {violation.describe(rows)}" for violation in violations]
         offending.append(offending_rows(df, violations, str(partition)))
     metadata = {"rows": MetadataValue.int(sum(counts.values())), "rows_per_partition": MetadataValue.json(counts)}
-    quarantined = quarantine(context, quarantine_table(settings, asset, check_name(model)), combined(offending))
-    result = check_result(context, asset, "its pandera schema; nothing was written and its current partitions stay "
-                          "current", failures, metadata, quarantined)
+    quarantined = quarantine(io, quarantine_table(settings, asset, check_name(model)), combined(offending))
+    result = check_result(log, asset, "its pandera schema; nothing was written and its current partitions stay "
+                          "current", failures, metadata, quarantined, check=check_name(model))
     if result.passed:
         return result
     yield result

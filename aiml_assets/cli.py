@@ -12,7 +12,9 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, aiml_home, current_env, load_settings
+from aiml_assets.settings import (
+    DEPLOYMENTS_DIR, PRODUCTS_ENV_VAR, PROJECT_ROOT, aiml_home, current_env, load_settings,
+)
 
 
 def prepare_instance() -> Path:
@@ -32,7 +34,19 @@ def seed(customers: int, seed_value: int, end_date: date) -> dict[str, int]:
     if not settings.is_local:
         raise SystemExit(f"seed-edp writes the local EDP stand-in; AIML_ENV={settings.environment} reads the real EDP")
     catalog = LocalCatalog(home=str(aiml_home()))
+    print(f"products: {len(settings.products)} ({PRODUCTS_ENV_VAR}={os.environ.get(PRODUCTS_ENV_VAR) or 'unset'})")
     return seed_edp(catalog, customers=customers, seed=seed_value, end_date=end_date, products=settings.products)
+
+
+def use_product_count(count: int) -> None:
+    """Seed and run `count` products in this process: the settings take them from PRODUCTS_ENV_VAR, so that the
+    seeded data and every setting built from it (partitions, schemas) agree. The env file is not touched."""
+    already = os.environ.get(PRODUCTS_ENV_VAR, "").strip()
+    if already and already != str(count):
+        raise SystemExit(f"--products {count} disagrees with {PRODUCTS_ENV_VAR}={already}: the settings would not "
+                         "know the seeded products")
+    os.environ[PRODUCTS_ENV_VAR] = str(count)
+    load_settings.cache_clear()
 
 
 # The change request id of local promotions: local versions only ever reach the manifests' copies under the AIML
@@ -66,12 +80,12 @@ def promote_reason(product: str, version: int, change_request: str, target: str,
     it failed."""
     from dagster import DagsterInstance
 
-    from aiml_assets.governance.audit import actor
+    from aiml_assets.resources.audit import actor_of
     from aiml_assets.models.promotion import failure_reason, promotion_job, promotion_resources, promotion_run_config
 
     settings = load_settings()
     job = promotion_job(settings, promotion_resources(settings, resources_dir))
-    tags = {"aiml/requested_by": actor(), **({"aiml/change_request": change_request} if change_request else {})}
+    tags = {"aiml/requested_by": actor_of({}), **({"aiml/change_request": change_request} if change_request else {})}
     prepare_instance()
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(run_config=promotion_run_config(product, version, change_request, target, role),
@@ -104,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--seed", type=int, default=7)
         cmd.add_argument("--end-date", type=date.fromisoformat, default=date(2026, 10, 31),
                          help="the last day of the seeded EDP data (what run-local picks follows it)")
+        cmd.add_argument("--products", type=int, default=None,
+                         help=f"how many products (default: {PRODUCTS_ENV_VAR}, else the env file's 6 named ones): "
+                         "the named ones, then product_07, product_08, ...; later commands and the Dagster UI "
+                         f"need {PRODUCTS_ENV_VAR} set to the same number")
     run_cmd.add_argument("--today", type=date.fromisoformat, default=None,
                          help="run as if today were this date (default: today, UK time): it only bounds the "
                          "partitions that exist; the snapshots and scoring day follow the data")
@@ -137,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "digest":
-        from aiml_assets.governance.erased import ErasureKeyMissing, digest, erasure_key
+        from aiml_assets.sources.erased import ErasureKeyMissing, digest, erasure_key
 
         try:
             key = erasure_key(load_settings())
@@ -167,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "promote":
         return 0 if promote(args.product, args.version, args.change_request, args.target, args.resources_dir,
                             args.role) else 1
+    if args.products is not None:
+        use_product_count(args.products)
     print(f"AIML_ENV={current_env()} AIML_HOME={aiml_home()}")
     counts = seed(args.customers, args.seed, args.end_date)
     for name, rows in counts.items():

@@ -25,21 +25,18 @@ from dagster import (
     multiprocess_executor,
 )
 
-from aiml_assets.features.assets import GROUP as FEATURES_GROUP
+from aiml_assets.keys import (
+    BINARY_KEY, EDP_GROUP, FEATURES_GROUP, GOVERNANCE_GROUP, INFERENCE_GROUP, MODEL_GROUP, PARALLEL_RUN_GROUP,
+)
 from aiml_assets.governance.audit_trail import audit_trail_sensor
-from aiml_assets.governance.egress import check_lineage, check_own_buckets
+from aiml_assets.resources.egress import check_lineage, check_own_buckets
 from aiml_assets.governance.erasure import erasure_job
 from aiml_assets.governance.lockdown import LaunchPolicy, locked
-from aiml_assets.governance.retention_assets import GROUP as GOVERNANCE_GROUP
 from aiml_assets.governance.signed_schedules import signed_schedule
 from aiml_assets.governance.retention_assets import lifecycle_job, retention_assets
 from aiml_assets.features.assets import lab_feature_assets
-from aiml_assets.inference.assets import GROUP as INFERENCE_GROUP
 from aiml_assets.inference.assets import inference_assets, scoring_partitions
-from aiml_assets.inference.parallel_run import GROUP as PARALLEL_RUN_GROUP
 from aiml_assets.inference.parallel_run import parallel_run_assets
-from aiml_assets.models.assets import BINARY_KEY
-from aiml_assets.models.assets import GROUP as MODEL_GROUP
 from aiml_assets.models.assets import model_assets
 from aiml_assets.models.promotion import promotion_job
 from aiml_assets.publication.cdp import cdp_assets
@@ -47,7 +44,7 @@ from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import (
     ENVIRONMENTS, RESOURCES_DIR, Settings, aiml_home, current_env, load_settings, parse_settings,
 )
-from aiml_assets.sources.edp import EDP_GROUP, edp_source_products, source_checks
+from aiml_assets.sources.edp import edp_source_products_for
 
 MAIN_JOB = "main"
 MODELS_JOB = "train_models"
@@ -57,7 +54,7 @@ RETENTION_JOB = "retention"
 
 def graph_for(settings: Settings) -> list:
     components = {
-        "edp_sources": lambda: [edp_source_products, *source_checks(settings)],
+        "edp_sources": lambda: [edp_source_products_for(settings)],
         "lab_features": lambda: lab_feature_assets(settings),
         "model_versions": lambda: model_assets(settings),
         "prod_inference": lambda: inference_assets(settings),
@@ -110,8 +107,9 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
     others = {other: parse_settings(RESOURCES_DIR / f"{other}.yaml").storage.buckets for other in ENVIRONMENTS}
     check_own_buckets(settings.environment, settings.storage.buckets, others)
     # Jobs run one partitions definition each: the main job covers sources and snapshot-partitioned features,
-    # the models job the product-partitioned models (one run per product, so one product's gate failing does not
-    # stop another's), the scoring job the daily-partitioned scores and CDP. `aiml run-local` runs all three.
+    # the models job the product-partitioned model family (every selected product in one step, one product's
+    # failure its own), the scoring job the daily-partitioned scores and CDP. `aiml run-local` runs all three.
+    # Remotely every step is a Databricks run: test_cluster_starts.py holds each job's budget.
     models = AssetSelection.groups(MODEL_GROUP)
     scoring = AssetSelection.groups(INFERENCE_GROUP, PARALLEL_RUN_GROUP)
     main_job = define_asset_job(
@@ -147,7 +145,8 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
     if MODEL_GROUP in settings.asset_groups:
         jobs.append(define_asset_job(
             MODELS_JOB, selection=models,
-            description="Per product: train, gate (challenger alias on pass), publish the binary to Nexus.",
+            description="Every selected product in one step (a single-run backfill over the products): train on the "
+            "executors, gate (challenger alias on pass), publish the binary to Nexus; one product's failure is its own.",
         ))
         jobs.append(promotion_job(settings))  # promotes from the registry these environments train into
     if settings.lockdown:  # what a locked environment's schedules launch carries their signature

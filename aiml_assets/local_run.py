@@ -20,7 +20,7 @@ from aiml_assets.definitions import (
 )
 from aiml_assets.inference.assets import SCORES_KEY
 from aiml_assets.inference.deployment import DeploymentRefused, deployments
-from aiml_assets.models.assets import MODEL_KEY
+from aiml_assets.keys import BINARY_KEY, MODEL_KEY
 from aiml_assets.publication.cdp import CDP_KEY
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import Settings, load_settings
@@ -78,34 +78,46 @@ def _first_failure(run) -> str:
     return f"{failures[0].step_key}: {error.message.strip().splitlines()[0] if error else 'failed'}"
 
 
-def _model_outcome(run) -> tuple[ProductOutcome, int | None]:
-    """The product's validation ROC AUC, gate verdict and reason, and the version to promote (None if none)."""
+def _model_outcome(run, product: str) -> tuple[ProductOutcome, int | None]:
+    """The product's validation ROC AUC, gate verdict and reason, and the version to promote (None if none), from
+    the family run's events for its partition."""
     outcome = ProductOutcome()
     for event in run.get_asset_materialization_events():
-        if event.asset_key == MODEL_KEY and "roc_auc" in event.materialization.metadata:
-            outcome.roc_auc = event.materialization.metadata["roc_auc"].value
-    gates = [e for e in run.get_asset_check_evaluations() if e.check_name == "validation_gate"]
+        metadata = event.materialization.metadata
+        if event.asset_key == MODEL_KEY and event.partition == product and "roc_auc" in metadata:
+            outcome.roc_auc = metadata["roc_auc"].value
+    published = any(e.asset_key == BINARY_KEY and e.partition == product for e in run.get_asset_materialization_events())
+    gates = [e for e in run.get_asset_check_evaluations() if e.check_name == "validation_gate" and e.partition == product]
     if not gates:
-        outcome.reason = _first_failure(run)
+        outcome.reason = _failure_of(run, product)
         return outcome, None
     gate = gates[0]
     outcome.gate = "passed" if gate.passed else "failed"
     headline = (gate.description or "").splitlines()[0]
     outcome.reason = headline.split("FAILED: ", 1)[1] if "FAILED: " in headline else ""
-    if gate.passed and not run.success:
-        outcome.reason = _first_failure(run)  # e.g. the Nexus publication after the gate
+    if gate.passed and not published:
+        outcome.reason = _failure_of(run, product)  # e.g. the Nexus publication after the gate
         return outcome, None
     return outcome, gate.metadata["model_version"].value if gate.passed else None
 
 
-def train_each_product(instance, settings: Settings) -> dict[str, tuple[ProductOutcome, int | None]]:
-    trained = {}
-    for product in settings.products:
-        run = execute_job(reconstructable(models_job_for_current_env), instance=instance,
-                          tags={"dagster/partition": product})
-        print(f"{MODELS_JOB} run {run.run_id} for {product}: {_outcome(run)}")
-        trained[product] = _model_outcome(run)
-    return trained
+def _failure_of(run, product: str) -> str:
+    """Why the family step failed `product` (its `failed_products` entry), else the run's first failure."""
+    for failure in run.get_step_failure_events():
+        data = failure.step_failure_data.user_failure_data
+        failed = data.metadata.get("failed_products") if data is not None else None
+        if failed is not None and product in failed.value:
+            return failed.value[product]
+    return _first_failure(run)
+
+
+def train_the_family(instance, settings: Settings) -> dict[str, tuple[ProductOutcome, int | None]]:
+    """Every product in one run (the models' single-run backfill): one step trains them all."""
+    run = execute_job(reconstructable(models_job_for_current_env), instance=instance, tags={
+        "dagster/asset_partition_range_start": settings.products[0],
+        "dagster/asset_partition_range_end": settings.products[-1]})
+    print(f"{MODELS_JOB} run {run.run_id} for {len(settings.products)} products: {_outcome(run)}")
+    return {product: _model_outcome(run, product) for product in settings.products}
 
 
 def promote_passed(outcomes: dict[str, tuple[ProductOutcome, int | None]]) -> None:
@@ -158,7 +170,7 @@ def run_local(today: date) -> str | None:
               f"{_outcome(main)}")
         if not main.success:
             return f"the main job failed ({_first_failure(main)}): nothing downstream ran"
-        trained = train_each_product(instance, settings)
+        trained = train_the_family(instance, settings)
     promote_passed(trained)
     outcomes = {product: outcome for product, (outcome, _) in trained.items()}
     source = settings.inference.deploys_from

@@ -28,23 +28,15 @@ from datetime import date
 
 import pandera.pyspark as pa
 from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetKey,
-    MetadataValue,
-    TableColumn,
-    TableColumnConstraints,
-    TableConstraints,
-    TableSchema,
-    asset_check,
+    AssetCheckResult, AssetCheckSpec, AssetKey, MetadataValue, TableColumn,
+    TableColumnConstraints, TableConstraints, TableSchema,
 )
 from pandera.config import ValidationDepth, config_context
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from aiml_assets.quarantine import QUARANTINE_RESOURCES, check_result, offending_rows, quarantine, quarantine_table
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.quarantine import check_result, offending_rows, quarantine, quarantine_table
 from aiml_assets.settings import Settings
 
 
@@ -244,45 +236,30 @@ def check_name(model: Model) -> str:
     return f"{as_schema(model).name}_schema"
 
 
-def pandera_check(
-    asset: AssetKey,
-    model: Model,
-    read: Callable[[AssetCheckExecutionContext], DataFrame],
-    required_resource_keys: set[str],
-    partitions_def=None,
-    settings: Settings | None = None,
-):
-    """A blocking asset check enforcing `model` on what `read` returns; a failure stops everything downstream.
-
-    With `settings`, a failure writes the offending rows to the check's quarantine table (quarantine.py); callers
-    without them report counts only.
-    The check reads the data where it lives, so like the assets it runs through the step launcher (on Databricks
-    in lab/uat/prod; in-process locally)."""
-    name = as_schema(model).name
+def schema_check_spec(asset: AssetKey, model: Model, settings: Settings | None = None, **kwargs) -> AssetCheckSpec:
+    """The blocking check enforcing `model` on `asset`, declared on the asset so that its own step evaluates it
+    (`schema_check`): visible and separately named in the UI, and a failure stops everything downstream."""
     table = quarantine_table(settings, asset, check_name(model)) if settings else None
+    return AssetCheckSpec(check_name(model), asset=asset, blocking=True,
+                          description=f"pandera schema {as_schema(model).name}: types, nullability, finite numbers, "
+                          "ranges, allowed values, unique keys, unexpected columns"
+                          + ("; failing rows go to " + table.name if table else ""), **kwargs)
 
-    @asset_check(
-        asset=asset,
-        name=check_name(model),
-        blocking=True,
-        description=f"pandera schema {name}: types, nullability, finite numbers, ranges, allowed values, unique "
-        "keys, unexpected columns" + ("; failing rows go to " + table.name if table else ""),
-        required_resource_keys={*required_resource_keys, STEP_LAUNCHER_KEY, *(QUARANTINE_RESOURCES if table else ())},
-        partitions_def=partitions_def,
-    )
-    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        df = read(context)
-        rows, violations = validate(model, df)
-        metadata = {"rows": MetadataValue.int(rows)}
-        drift = extra_columns(model, df)
-        if drift and not as_schema(model).strict:  # strict: validate reported them as violations
-            warning = (f"{asset.to_user_string()}: {len(drift)} column(s) not in pandera schema {name}: "
-                       f"{', '.join(drift)}; passed with this warning (the schema is not strict)")
-            context.log.warning(warning)
-            metadata |= {"extra_columns": MetadataValue.text(", ".join(drift)), "warning": MetadataValue.text(warning)}
-        partition = context.partition_key if partitions_def is not None else None
-        quarantined = quarantine(context, table, offending_rows(df, violations, partition))
-        return check_result(context, asset, "its pandera schema", [v.describe(rows) for v in violations], metadata,
-                            quarantined)
 
-    return _check
+def schema_check(log, io, asset: AssetKey, model: Model, df: DataFrame, settings: Settings | None = None,
+                 partition: str | None = None, failed: str = "its pandera schema") -> AssetCheckResult:
+    """The result of `schema_check_spec(asset, model)` on `df`: with `settings`, the failing rows go to the check's
+    quarantine table (written with `io`, an asset_tables.TableAccess); without, counts only."""
+    name = as_schema(model).name
+    rows, violations = validate(model, df)
+    metadata = {"rows": MetadataValue.int(rows)}
+    drift = extra_columns(model, df)
+    if drift and not as_schema(model).strict:  # strict: validate reported them as violations
+        warning = (f"{asset.to_user_string()}: {len(drift)} column(s) not in pandera schema {name}: "
+                   f"{', '.join(drift)}; passed with this warning (the schema is not strict)")
+        log.warning(warning)
+        metadata |= {"extra_columns": MetadataValue.text(", ".join(drift)), "warning": MetadataValue.text(warning)}
+    table = quarantine_table(settings, asset, check_name(model)) if settings else None
+    quarantined = quarantine(io, table, offending_rows(df, violations, partition)) if table else None
+    return check_result(log, asset, failed, [v.describe(rows) for v in violations], metadata, quarantined,
+                        check=check_name(model))

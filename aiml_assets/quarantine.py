@@ -22,11 +22,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from aiml_assets.asset_tables import AssetTable, table_name
+from aiml_assets.asset_tables import AssetTable, TableAccess, table_name
 from aiml_assets.settings import Settings
 
 RULE, PARTITION = "quarantine_rule", "quarantine_partition"
-QUARANTINE_RESOURCES = {"spark", "catalog", "tables", "storage"}
 
 
 QUARANTINE_PREFIX = "quarantine_"  # every quarantine table's key in its bucket starts so (the erasure finds them)
@@ -85,27 +84,29 @@ class Quarantined:
             self.location), "quarantined_rows": MetadataValue.int(self.rows)}
 
 
-def quarantine(context, table: AssetTable | None, offending: Offending | None) -> Quarantined | None:
+def quarantine(io: TableAccess, table: AssetTable | None, offending: Offending | None) -> Quarantined | None:
     """Write the offending rows to `table`, replacing what an earlier evaluation left; None if there is nothing to
     write or nowhere to write it."""
     if table is None or offending is None:
         return None
-    version = table.overwrite(context, offending.rows)
-    table.register(context, comment="rows a failing check found: perishable, for investigation in the data plane",
-                   properties={"dagster_run_id": context.run.run_id})
-    return Quarantined(table.name, table.location(context), version, offending.count)
+    version = table.overwrite(io, offending.rows)
+    table.register(io, comment="rows a failing check found: perishable, for investigation in the data plane",
+                   properties={"dagster_run_id": io.run_id})
+    return Quarantined(table.name, table.location(io), version, offending.count)
 
 
-def check_result(context, asset: AssetKey, failed: str, failures: list[str], metadata: dict,
-                 quarantined: Quarantined | None = None) -> AssetCheckResult:
+def check_result(log, asset: AssetKey, failed: str, failures: list[str], metadata: dict,
+                 quarantined: Quarantined | None = None, *, check: str | None = None) -> AssetCheckResult:
     """Passed if there are no `failures`; else an error whose message names the asset, what it `failed`, each
-    failure (column, rule, counts) and the quarantine table. Logged as it is recorded: counts only."""
+    failure (column, rule, counts) and the quarantine table. Logged to `log` (a Dagster logger) as it is recorded:
+    counts only. `check` names the check where the step evaluates several."""
+    target = dict(asset_key=asset, check_name=check)
     metadata = {**metadata, "violations": MetadataValue.int(len(failures))}
     if not failures:
-        return AssetCheckResult(passed=True, metadata=metadata)
+        return AssetCheckResult(passed=True, metadata=metadata, **target)
     lines = failures + ([quarantined.describe()] if quarantined else [])
     message = f"{asset.to_user_string()} failed {failed}:\n  " + "\n  ".join(lines)
-    context.log.error(message)
+    log.error(message)
     metadata["failures"] = MetadataValue.md("\n".join(f"- {line}" for line in failures))
     return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=message,
-                            metadata=metadata | (quarantined.metadata() if quarantined else {}))
+                            metadata=metadata | (quarantined.metadata() if quarantined else {}), **target)

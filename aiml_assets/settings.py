@@ -23,6 +23,9 @@ RESOURCES_DIR = PROJECT_ROOT / "resources"
 DEPLOYMENTS_DIR = PROJECT_ROOT / "deployments"
 LOCAL_SPARK_OVERRIDES = RESOURCES_DIR / "local.override.yaml"  # untracked: this machine's local Spark settings
 SPARK_ENV_PREFIX = "AIML_SPARK_"
+# Locally, how many products the model family has: the env file's named products, then generated codes up to this
+# count (`aiml seed-edp --products N` seeds them). Unset: the env file's products.
+PRODUCTS_ENV_VAR = "AIML_PRODUCTS"
 
 
 class SettingsError(ValueError):
@@ -89,6 +92,10 @@ class DatabricksSettings(_Strict):
     # reads the service principal's DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT_SECRET from the environment.
     host_env_var: str = "DATABRICKS_HOST"
     cluster_spec: str  # a file under deployments/databricks/
+    # The instance pool the environment's job clusters take their driver and workers from (idle instances: a step's
+    # cluster starts in about a minute, not several), pinned by the environment's cluster policy. Its node type and
+    # AWS availability are the pool's (deployments/databricks/pools/).
+    instance_pool_id: str = Field(pattern=r"^[0-9]{4}-[0-9]{6}-[a-z]+[0-9]*-pool-[A-Za-z0-9]+$")
     run_name: str
     secrets: list[DatabricksSecret] = []
     staging_prefix: str = Field(pattern=r"^/")  # DBFS folder where the launcher stages each step
@@ -259,14 +266,14 @@ class LockdownSettings(_Strict):
 
 
 class ErasureSettings(_Strict):
-    """GDPR erasure (governance/erased.py): customers are recorded and matched as HMAC-SHA256 digests under this
+    """GDPR erasure (sources/erased.py): customers are recorded and matched as HMAC-SHA256 digests under this
     environment's erasure key, held only in the variable named here (a Databricks secret remotely)."""
 
     key_env: str = Field("AIML_ERASURE_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
 
 
 class AuditSettings(_Strict):
-    """The audit log's hash chain (governance/audit.py) is an HMAC under this environment's audit key, held only in
+    """The audit log's hash chain (resources/audit.py) is an HMAC under this environment's audit key, held only in
     the variable named here: a Databricks secret on clusters, the code server's and daemon's secret store."""
 
     key_env: str = Field("AIML_AUDIT_KEY", pattern=r"^[A-Z][A-Z0-9_]*$")
@@ -463,10 +470,33 @@ def _describe_override(error: dict, name) -> str:
     return f"{name(field)}: {error['msg']} (got {error.get('input')!r})"
 
 
+def product_codes(named: list[str], count: int) -> list[str]:
+    """`count` distinct product codes: the first of `named`, then generated ones (product_07, product_08, ...)."""
+    generated = [f"product_{number:02d}" for number in range(len(named) + 1, count + 1)]
+    return [*named, *generated][:count]
+
+
+def with_product_count(settings: Settings, count: str | None) -> Settings:
+    """`settings` with `count` products (PRODUCTS_ENV_VAR's value; None or empty: the env file's products)."""
+    if count is None or not count.strip():
+        return settings
+    if settings.environment != "local":
+        raise SettingsError(f"{PRODUCTS_ENV_VAR}: local only; {settings.environment} has its env file's products")
+    if not count.strip().isdigit() or int(count) < 1:
+        raise SettingsError(f"{PRODUCTS_ENV_VAR}: expected a whole number of products, at least 1 (got {count!r})")
+    products = product_codes(settings.products, int(count))
+    try:
+        return Settings.model_validate({**settings.model_dump(), "products": products})
+    except ValidationError as exc:
+        lines = "\n".join(_describe(e) for e in exc.errors())
+        raise SettingsError(f"{PRODUCTS_ENV_VAR}={count}: invalid settings\n{lines}") from exc
+
+
 @lru_cache(maxsize=None)
 def load_settings(env: str | None = None) -> Settings:
     env = env or current_env()
     if env not in ENVIRONMENTS:
         raise SettingsError(f"{env!r} is not an environment; expected one of {', '.join(ENVIRONMENTS)}")
-    settings = parse_settings(RESOURCES_DIR / f"{env}.yaml", expected_env=env)
+    settings = with_product_count(parse_settings(RESOURCES_DIR / f"{env}.yaml", expected_env=env),
+                                  os.environ.get(PRODUCTS_ENV_VAR))
     return with_spark_overrides(settings, LOCAL_SPARK_OVERRIDES) if env == "local" else settings

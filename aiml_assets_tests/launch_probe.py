@@ -8,7 +8,7 @@ from pathlib import Path
 from dagster import (DefaultScheduleStatus, DefaultSensorStatus, Definitions, RunRequest, ScheduleDefinition, asset,
                      define_asset_job, in_process_executor, sensor)
 
-from aiml_assets.governance.audit import AuditLog
+from aiml_assets.resources.audit import AuditLog
 from aiml_assets.governance.lockdown import LaunchPolicy, locked
 from aiml_assets.governance.signed_schedules import signed_requests, signed_schedule
 from aiml_assets.resources.storage import LocalStorage

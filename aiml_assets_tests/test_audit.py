@@ -17,8 +17,8 @@ from dagster import asset, materialize
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from aiml_assets.governance import audit_chain as chain
-from aiml_assets.governance.audit import AUDIT_ROLE, AUDIT_TABLE, SCHEMA, AuditLog, AuditLogError, actor
+from aiml_assets.resources import audit_chain as chain
+from aiml_assets.resources.audit import AUDIT_ROLE, AUDIT_TABLE, SCHEMA, AuditLog, AuditLogError, actor
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.resources.storage import S3Storage
 from aiml_assets.settings import ENVIRONMENTS, load_settings

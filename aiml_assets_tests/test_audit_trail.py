@@ -8,7 +8,7 @@ from dagster import (
     AssetMaterialization, DefaultSensorStatus, StaticPartitionsDefinition, asset, build_sensor_context, materialize,
 )
 
-from aiml_assets.governance.audit import AUDIT_TABLE, AuditLog
+from aiml_assets.resources.audit import AUDIT_TABLE, AuditLog
 from aiml_assets.governance.audit_trail import (
     MATERIALIZATION, SENSOR_NAME, audit_trail_sensor, record_materializations,
 )

@@ -10,7 +10,7 @@ from dagster import AssetKey, Definitions
 
 from aiml_assets.definitions import build_definitions
 from aiml_assets.governance.retention_assets import GROUP as GOVERNANCE_GROUP
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.keys import STEP_LAUNCHER_KEY
 from aiml_assets.settings import ENVIRONMENTS, PROJECT_ROOT, load_settings
 
 EDP_KEYS = {AssetKey(k.split("/")) for k in
@@ -161,12 +161,9 @@ def test_seeded_products_match_their_pandera_contracts():
 
 def test_every_node_reading_data_runs_through_the_step_launcher(aiml_home):
     """Assets, source observations and checks that read tables read through Spark: remotely they must run on
-    Databricks. Only the retention proof, which lists bucket objects, runs where the run does (it reads the run's
-    own purge from the instance)."""
+    Databricks (the retention proof runs in the purge's own step)."""
     defs = build_definitions("lab")
     nodes = [*defs.assets, *(defs.asset_checks or [])]
     assert nodes
-    listing_only = [node for node in nodes if node.required_resource_keys - {"io_manager"} == {"storage"}]
-    assert [key.name for node in listing_only for key in node.check_keys] == ["nothing_past_retention"]
     for node in nodes:
-        assert node in listing_only or STEP_LAUNCHER_KEY in node.required_resource_keys, node
+        assert STEP_LAUNCHER_KEY in node.required_resource_keys, node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import shutil
@@ -20,6 +21,8 @@ from dagster_databricks.databricks import DatabricksJobRunner
 from databricks.sdk.service import compute
 
 from aiml_assets.governance.lifecycle import BACKSTOP_DAYS
+from aiml_assets.resources import step_launcher
+from aiml_assets.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = ROOT / "deployments"
@@ -127,9 +130,18 @@ def test_no_secret_values_in_deployments():
 # --- Databricks cluster specs and policies --------------------------------------------------------------------
 
 
-def cluster_spec(env: str) -> dict:
+def spec_file(env: str) -> dict:
     name = env_file(env)["databricks"]["cluster_spec"]
     return json.loads((DATABRICKS / name).read_text())
+
+
+def cluster_spec(env: str) -> dict:
+    """The step launcher's `run_config.cluster.new`: the spec file on the env file's instance pool."""
+    return step_launcher.cluster_spec(load_settings(env))
+
+
+def pool_definition(env: str) -> dict:
+    return json.loads((DATABRICKS / "pools" / f"{env}_pool.json").read_text())
 
 
 def policy(env: str) -> dict:
@@ -153,7 +165,8 @@ def submitted_cluster(spec: dict) -> dict:
         return _Submitted()
 
     runner.client.workspace_client.jobs.submit = submit  # no network
-    runner.submit_run(run_config.value, {"spark_python_task": {"python_file": "dbfs:/x.py", "parameters": []}})
+    run_config = step_launcher.with_driver_pool(run_config.value)  # as the launcher resource adds it
+    runner.submit_run(run_config, {"spark_python_task": {"python_file": "dbfs:/x.py", "parameters": []}})
     return captured["tasks"][0].new_cluster.as_dict()
 
 
@@ -232,7 +245,7 @@ def test_schema_validation_rejects_keys_the_launcher_does_not_accept():
 
 @pytest.mark.parametrize("env", REMOTE_ENVS)
 def test_cluster_spec_matches_its_environment(env):
-    spec, settings = cluster_spec(env), env_file(env)
+    spec, settings = spec_file(env), env_file(env)
     assert re.fullmatch(r"17\.3\.x-scala2\.13", spec["spark_version"])  # DBR 17.3 LTS: Spark 4.0
     assert spec["data_security_mode"] == "SINGLE_USER"  # Unity Catalog, and /dbfs works for the step launcher
     assert spec["spark_env_vars"]["AIML_ENV"] == env
@@ -252,7 +265,50 @@ def test_cluster_sizes_lab_trains_uat_is_fixed_prod_is_half_of_training():
     assert lab["autoscale"]["max_workers"] > lab["autoscale"]["min_workers"]
     assert "num_workers" in uat
     assert prod["autoscale"]["max_workers"] * 2 == lab["autoscale"]["max_workers"]
-    assert cluster_spec("prod")["aws_attributes"]["availability"] == "ON_DEMAND"
+
+
+@pytest.mark.parametrize("env", REMOTE_ENVS)
+def test_clusters_take_driver_and_workers_from_the_environments_pool(env):
+    pool_id = env_file(env)["databricks"]["instance_pool_id"]
+    cluster = submitted_cluster(cluster_spec(env))
+    assert cluster["instance_pool_id"] == cluster["driver_instance_pool_id"] == pool_id
+    # a pool-backed cluster takes its node type and AWS availability from the pool and must not set them
+    assert not {"node_type_id", "driver_node_type_id", "aws_attributes", "enable_elastic_disk"} & set(cluster)
+    rules = policy(env)
+    assert rules["instance_pool_id"]["value"] == rules["driver_instance_pool_id"]["value"] == pool_id
+    assert rules["instance_pool_id"]["type"] == rules["driver_instance_pool_id"]["type"] == "fixed"
+
+
+def test_a_spec_file_that_picks_its_own_nodes_is_refused(tmp_path, monkeypatch):
+    copy = tmp_path / "databricks"
+    shutil.copytree(DATABRICKS, copy)
+    spec = {**spec_file("prod"), "nodes": {"node_types": {"node_type_id": "p4d.24xlarge"}}}
+    (copy / "prod_cluster.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(step_launcher, "DEPLOYMENTS_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"prod_cluster\.json: sets nodes; the environment's instance pool decides"):
+        step_launcher.cluster_spec(load_settings("prod"))
+
+
+@pytest.mark.parametrize("env", REMOTE_ENVS)
+def test_pool_definitions_are_create_requests_preloading_the_clusters_runtime(env):
+    pool, spec = pool_definition(env), spec_file(env)
+    create = inspect.signature(compute.InstancePoolsAPI.create).parameters
+    assert set(pool) <= set(create) - {"self"} and {"instance_pool_name", "node_type_id"} <= set(pool)
+    assert pool["instance_pool_name"] == f"aiml-{env}-jobs"
+    assert set(pool["aws_attributes"]) <= set(compute.InstancePoolAwsAttributes.__dataclass_fields__)
+    assert pool["aws_attributes"]["availability"] in {a.value for a in compute.InstancePoolAwsAttributesAvailability}
+    assert pool["preloaded_spark_versions"] == [spec["spark_version"]]
+    # a cluster may not set a tag its pool sets
+    assert not set(pool.get("custom_tags", {})) & {tag["key"] for tag in spec["custom_tags"]}
+    # a cluster of the largest size fits, with its driver
+    size = spec["size"].get("autoscale", {}).get("max_workers", spec["size"].get("num_workers"))
+    assert pool["max_capacity"] >= size + 1
+
+
+def test_pools_put_prod_on_demand_and_lab_on_memory_nodes():
+    assert len({env_file(env)["databricks"]["instance_pool_id"] for env in REMOTE_ENVS}) == 3  # one per workspace
+    assert pool_definition("prod")["aws_attributes"]["availability"] == "ON_DEMAND"
+    assert pool_definition("lab")["node_type_id"].startswith("r5d.")  # the model family trains in memory
 
 
 @pytest.mark.parametrize("env", REMOTE_ENVS)
@@ -266,7 +322,10 @@ def test_policy_fixes_access_mode_tags_and_restricts_nodes(env):
     rules = policy(env)
     assert rules["data_security_mode"] == {"type": "fixed", "value": "SINGLE_USER", "hidden": True}
     assert rules["cluster_type"]["value"] == "job"
-    assert rules["node_type_id"]["type"] == "allowlist" and rules["driver_node_type_id"]["type"] == "allowlist"
+    # nodes come from the pool the policy fixes: no node type, no AWS availability of the cluster's own
+    for path in ("node_type_id", "driver_node_type_id", "aws_attributes.availability",
+                 "aws_attributes.first_on_demand", "aws_attributes.zone_id", "aws_attributes.instance_profile_arn"):
+        assert rules[path]["type"] == "forbidden", path
     assert rules["custom_tags.Environment"] == {"type": "fixed", "value": env}
     assert rules["custom_tags.CostCentre"]["type"] == "fixed"
     assert rules["spark_env_vars.AIML_ENV"]["value"] == env
@@ -285,7 +344,6 @@ def test_prod_policy_forbids_every_kind_of_init_script():
     rules = policy("prod")
     for kind in kinds:
         assert rules[f"init_scripts.*.{kind}.destination"]["type"] == "forbidden"
-    assert rules["aws_attributes.availability"]["value"] == "ON_DEMAND"
     assert rules["workload_type.clients.notebooks"]["value"] is False
 
 
@@ -295,6 +353,11 @@ def test_policy_check_catches_violations():
     assert violations(policy("prod"), {**cluster, "data_security_mode": "USER_ISOLATION"})
     assert violations(policy("prod"), {**cluster, "custom_tags": {"Environment": "lab"}})
     assert violations(policy("lab"), {**cluster, "autoscale": {"min_workers": 2, "max_workers": 40}})
+    assert violations(policy("prod"), {**cluster, "node_type_id": "p4d.24xlarge"})
+    assert violations(policy("prod"), {**cluster, "aws_attributes": {"availability": "SPOT"}})
+    lab_pool = env_file("lab")["databricks"]["instance_pool_id"]
+    assert violations(policy("prod"), {**cluster, "instance_pool_id": lab_pool, "driver_instance_pool_id": lab_pool})
+    assert violations(policy("prod"), {k: v for k, v in cluster.items() if k != "driver_instance_pool_id"})
 
 
 def test_pin_cluster_policy_resolves_the_id_and_refuses_drift(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 from dagster import AssetKey, DagsterEventType, Definitions, asset, define_asset_job, execute_job, reconstructable
 
 from aiml_assets.definitions import build_definitions, executor_for
-from aiml_assets.governance.egress import EgressRefused, check_lineage, check_location
+from aiml_assets.resources.egress import EgressRefused, check_lineage, check_location
 from aiml_assets.models.assets import BINARY_KEY
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.settings import ENVIRONMENTS, load_settings

@@ -14,9 +14,10 @@ from aiml_assets import cli
 from aiml_assets.asset_tables import table_name
 from aiml_assets.definitions import build_definitions
 from aiml_assets.features.assets import FEATURES_KEY
-from aiml_assets.governance.erased import ErasureKeyMissing, digest, erasure_key, without_erased
-from aiml_assets.governance.erasure import ERASURE_JOB, RETRAIN_TAG, ErasureRequest
+from aiml_assets.sources.erased import ErasureKeyMissing, digest, erasure_key, without_erased
+from aiml_assets.governance.erasure import ERASURE_JOB, RETRAIN_TAG, ErasureRequest, erasure_job
 from aiml_assets.inference.assets import SCORING_FEATURES_KEY
+from aiml_assets.keys import STEP_LAUNCHER_KEY
 from aiml_assets.models.training import registered_name
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
@@ -31,7 +32,8 @@ KEPT = ["C00000002", "C00000003"]
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_environment_can_record_an_erasure_and_its_reads_leave_the_customers_out(env, aiml_home):
     defs = build_definitions(env)
-    assert defs.resolve_job_def(ERASURE_JOB)
+    [erase] = defs.resolve_job_def(ERASURE_JOB).graph.node_defs
+    assert STEP_LAUNCHER_KEY in erase.required_resource_keys  # it reads and rewrites tables: on the cluster
     graph = defs.resolve_asset_graph()
     readers = [key for key in (FEATURES_KEY, SCORING_FEATURES_KEY) if graph.has(key)]
     assert readers  # every environment computes features from the EDP sources somewhere
@@ -139,10 +141,12 @@ def lab(spark, aiml_home):
 
 
 def run_erasure(instance, digests):
-    job = build_definitions("local").resolve_job_def(ERASURE_JOB)
-    return job.execute_in_process(instance=instance, raise_on_error=False, tags={"aiml/requested_by": "privacy"},
-                                  run_config={"ops": {"erase_customers": {"config": {
-                                      "request_id": "DSR-2026-0042", "customer_digests": digests}}}})
+    settings = load_settings("local")
+    return erasure_job(settings).execute_in_process(
+        instance=instance, raise_on_error=False, tags={"aiml/requested_by": "privacy"},
+        resources=build_resources(settings),
+        run_config={"ops": {"erase_customers": {"config": {"request_id": "DSR-2026-0042",
+                                                           "customer_digests": digests}}}})
 
 
 def test_an_erasure_leaves_nothing_of_the_customers_in_any_bucket(lab, instance, spark, aiml_home):

@@ -1,15 +1,20 @@
-"""Customer features and training sets: point-in-time correctness, partitions, catalog names, metadata."""
+"""Customer features and training sets: point-in-time correctness, partitions, catalog names, metadata, and their
+one step's write-audit-publish per key."""
 
 from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, define_asset_job
+from dagster import AssetCheckKey, AssetRecordsFilter, AssetSelection, DagsterInstance, define_asset_job
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 
 from aiml_assets.definitions import build_definitions
-from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY, labelled
-from aiml_assets.features.customer_features import Sources, customer_features
+from aiml_assets.features import assets
+from aiml_assets.features.assets import labelled
+from aiml_assets.features.customer_features import customer_features
+from aiml_assets.keys import FEATURES_KEY, TRAINING_KEY
+from aiml_assets.sources.erased import Sources
 from aiml_assets.settings import load_settings
 from aiml_assets_tests.test_quality import _corrupt, _set
 
@@ -112,87 +117,123 @@ def _files(location: str) -> list[tuple[str, str]]:
     return [(a["path"], str(a["partition.snapshot_date"])) for a in actions]
 
 
-def _run(defs, instance, *partitions):
+def _run(defs, instance, selection, *partitions):
+    """One run of `selection` (asset keys or an AssetSelection) over `partitions` (one, or a range's first and last)."""
     tags = ({"dagster/partition": partitions[0]} if len(partitions) == 1 else
             {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[-1]})
-    return defs.resolve_job_def("main").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    job = define_asset_job("lab_selection", selection=selection).resolve(
+        asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources)
+    return job.execute_in_process(instance=instance, tags=tags, resources=defs.resources, raise_on_error=False)
 
 
-def test_backfill_range_then_one_new_snapshot_touches_only_its_partition(local_edp, spark, aiml_home, tmp_path):
+def _evaluations(result) -> dict:
+    return {e.event_specific_data.asset_key: e.event_specific_data for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def _materialized(result) -> set:
+    return {e.asset_key for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+
+
+def _mislabelled(labelled_rows):
+    """A labelling defect: every mortgage row labelled 2."""
+    def labelled(*args):
+        rows = labelled_rows(*args)
+        return rows.withColumn("label", F.when(F.col("product_code") == "mortgage", 2).otherwise(F.col("label")))
+    return labelled
+
+
+def test_write_audit_publish_per_key_in_one_step(local_edp, spark, aiml_home, tmp_path, monkeypatch):
     defs = build_definitions("local")
+    both, read = [FEATURES_KEY, TRAINING_KEY], lambda table: local_edp.read(spark, f"aiml_local.lab.{table}")
     with DagsterInstance.ephemeral() as instance:
-        result = _run(defs, instance, "2026-08-01", "2026-09-01")
-        assert result.success
-        features = local_edp.read(spark, "aiml_local.lab.customer_features")
+        # a backfill range: both keys, every snapshot, in one step (one Databricks run)
+        result = _run(defs, instance, both, "2026-08-01", "2026-09-01")
+        assert result.success and _materialized(result) == {FEATURES_KEY, TRAINING_KEY}
+        assert len({e.step_key for e in result.all_events if e.step_key}) == 1
+        features = read("customer_features")
         assert {str(r[0]) for r in features.select("snapshot_date").distinct().collect()} == {"2026-08-01", "2026-09-01"}
         # a range run's metadata is each partition's own, not the range's total
         counts = {str(r[0]): r[1] for r in features.groupBy("snapshot_date").count().collect()}
         assert counts["2026-08-01"] != counts["2026-09-01"]  # the seeded bank grows month by month
         for key in ("2026-08-01", "2026-09-01"):
-            events = instance.fetch_materializations(records_filter=AssetRecordsFilter(
-                asset_key=FEATURES_KEY, asset_partitions=[key]), limit=1).records
-            meta = events[0].asset_materialization.metadata
-            assert meta["dagster/row_count"].value == counts[key]
+            meta = instance.fetch_materializations(records_filter=AssetRecordsFilter(
+                asset_key=FEATURES_KEY, asset_partitions=[key]), limit=1).records[0].asset_materialization.metadata
+            assert meta["dagster/row_count"].value == counts[key] > 1000
             assert str(date.fromisoformat(key) - timedelta(days=3)) <= meta["max_event_time_used"].value < key
+            assert set(meta["null_rate"].value) >= {"spend_365d", "days_since_last_contact"}
+            assert meta["distribution_plot"].value.startswith("![feature distributions](data:image/png;base64,")
             training = instance.fetch_materializations(records_filter=AssetRecordsFilter(
                 asset_key=TRAINING_KEY, asset_partitions=[key]), limit=1).records[0].asset_materialization.metadata
-            rows = local_edp.read(spark, "aiml_local.lab.training_set").filter(f"snapshot_date = '{key}'").count()
+            rows = read("training_set").filter(f"snapshot_date = '{key}'").count()
             assert training["dagster/row_count"].value == sum(training["rows_per_product"].value.values()) == rows
-        location = local_edp.location("aiml_local.lab.customer_features")
-        before = _files(location)
+            rates = training["positive_rate_per_product"].value
+            assert set(rates) == set(load_settings("local").products) and all(0 < r < 0.2 for r in rates.values())
+        features_at, training_at = (local_edp.location(f"aiml_local.lab.{t}") for t in ("customer_features",
+                                                                                        "training_set"))
+        features_before, training_before = _files(features_at), _files(training_at)
 
-        assert _run(defs, instance, "2026-10-01").success
-        after = _files(location)
-        assert {(p, s) for p, s in after if s != "2026-10-01"} == set(before)  # earlier snapshots untouched
-        assert {s for _, s in after} == {"2026-08-01", "2026-09-01", "2026-10-01"}
+        # a labelling defect fails the training set's audit: the features are written, the training set is not
+        monkeypatch.setattr(assets, "labelled", _mislabelled(assets.labelled))
+        result = _run(defs, instance, both, "2026-09-01")
+        monkeypatch.undo()
+        checks = _evaluations(result)
+        assert not result.success and checks[FEATURES_KEY].passed and not checks[TRAINING_KEY].passed
+        assert _materialized(result) == {FEATURES_KEY}
+        assert checks[TRAINING_KEY].description.startswith(
+            "lab/training_set failed its pandera schema; nothing was written and its current partitions stay current")
+        assert "partition 2026-09-01: column label: isin(" in checks[TRAINING_KEY].description
+        quarantined = local_edp.read(spark, checks[TRAINING_KEY].metadata["quarantine_table"].value)
+        assert {r["label"] for r in quarantined.select("label").distinct().collect()} == {2}
+        features_after = _files(features_at)
+        assert {f for f in features_after if f[1] == "2026-08-01"} == {f for f in features_before if f[1] == "2026-08-01"}
+        assert {f for f in features_after if f[1] == "2026-09-01"}.isdisjoint(features_before)  # September replaced
+        assert _files(training_at) == training_before  # the training set's partitions are still the current ones
 
-        training = local_edp.read(spark, "aiml_local.lab.training_set")
-        assert training.select("snapshot_date").distinct().count() == 3
-        event = instance.get_latest_materialization_event(TRAINING_KEY).asset_materialization
-        assert event.partition == "2026-10-01"
-        rates = event.metadata["positive_rate_per_product"].value
-        assert set(rates) == set(load_settings("local").products)
-        assert all(0 < rate < 0.2 for rate in rates.values())
-        meta = instance.get_latest_materialization_event(FEATURES_KEY).asset_materialization.metadata
-        october = local_edp.read(spark, "aiml_local.lab.customer_features").filter("snapshot_date = '2026-10-01'")
-        october_rows = october.count()
-        assert meta["dagster/row_count"].value == october_rows > 1000
-        assert meta["max_event_time_used"].value < "2026-10-01"
-        assert set(meta["null_rate"].value) >= {"spend_365d", "days_since_last_contact"}
-        assert meta["distribution_plot"].value.startswith("![feature distributions](data:image/png;base64,")
+        # a data scientist materializes the training set alone: labelled from the features table as it is
+        result = _run(defs, instance, [TRAINING_KEY], "2026-09-01")
+        assert result.success and _materialized(result) == {TRAINING_KEY} and _evaluations(result)[TRAINING_KEY].passed
+        training_after = _files(training_at)
+        assert {f for f in training_after if f[1] == "2026-09-01"}.isdisjoint(training_before)
+        assert read("training_set").filter("snapshot_date = '2026-09-01' and label not in (0, 1)").count() == 0
 
-        # a snapshot whose features break their schema (sources left unchecked) replaces nothing: write-audit-publish
+        # features breaking their schema (sources left unchecked) replace nothing, and the training set is not built
         _corrupt(local_edp, "edp.fdp.customers", _set("region", "Atlantis", rows=4), tmp_path)
-        lab_only = define_asset_job("lab_only", selection=[FEATURES_KEY, TRAINING_KEY]).resolve(
-            asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources)
-        result = lab_only.execute_in_process(instance=instance, tags={"dagster/partition": "2026-10-01"},
-                                             resources=defs.resources, raise_on_error=False)
-        [evaluation] = [e.event_specific_data for e in result.all_events
-                        if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert not result.success and not evaluation.passed
+        result = _run(defs, instance, both, "2026-09-01")
+        [evaluation] = _evaluations(result).values()
+        assert not result.success and not evaluation.passed and not _materialized(result)
         assert evaluation.description.startswith("lab/customer_features failed its pandera schema; nothing was written")
-        assert "partition 2026-10-01: column region: isin(" in evaluation.description
+        assert "partition 2026-09-01: column region: isin(" in evaluation.description
         assert "failed for 4 of " in evaluation.description and "Atlantis" not in evaluation.description
         quarantined = local_edp.read(spark, evaluation.metadata["quarantine_table"].value).toPandas()
         assert f"4 offending rows (one per failing rule and row) are in quarantine table " \
             f"{evaluation.metadata['quarantine_table'].value}" in evaluation.description
         assert (len(quarantined), set(quarantined["region"]), set(quarantined["quarantine_partition"])) == (
-            4, {"Atlantis"}, {"2026-10-01"})
+            4, {"Atlantis"}, {"2026-09-01"})
         assert not any(c in evaluation.description + str(evaluation.metadata) for c in quarantined["customer_id"])
-        assert _files(location) == after  # the good October partition is still the current one
-        assert local_edp.read(spark, "aiml_local.lab.customer_features").filter(
-            "snapshot_date = '2026-10-01'").count() == october_rows
-        assert instance.get_latest_materialization_event(TRAINING_KEY).run_id != result.run_id  # nothing after ran
+        assert (_files(features_at), _files(training_at)) == (features_after, training_after)
+
+
+@pytest.mark.parametrize("selection, refusal", [
+    (AssetSelection.assets(FEATURES_KEY).without_checks(),
+     "lab/customer_features is written only once its blocking check CustomerFeatures_schema passed"),
+    (AssetSelection.assets(FEATURES_KEY) | AssetSelection.checks(AssetCheckKey(TRAINING_KEY, "TrainingSet_schema")),
+     "check TrainingSet_schema audits what the step of lab/training_set is about to write"),
+], ids=["asset_without_its_check", "check_without_its_asset"])
+def test_a_selection_splitting_an_asset_from_its_audit_is_refused(aiml_home, selection, refusal):
+    with DagsterInstance.ephemeral() as instance:
+        result = _run(build_definitions("local"), instance, selection, "2026-09-01")
+    [failure] = [e.step_failure_data.error.to_string() for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert refusal in failure and not _materialized(result)
 
 
 def test_label_window_must_be_complete(local_edp):
-    defs = build_definitions("local")
     with DagsterInstance.ephemeral() as instance:
         # the EDP data ends 2026-10-31; a November snapshot's 30-day labels would reach past it
-        result = defs.resolve_job_def("main").execute_in_process(
-            instance=instance, tags={"dagster/partition": "2026-11-01"}, raise_on_error=False)
+        result = _run(build_definitions("local"), instance, [FEATURES_KEY, TRAINING_KEY], "2026-11-01")
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = failures[0].step_failure_data.error.to_string() if failures else ""
     assert "lab/training_set: the EDP data ends 2026-10-31; 2026-11-01: the 30-day label window ends 2026-12-01" \
         in message
-    assert "aiml_local.lab.training_set" not in {n for n in local_edp.names()}  # refused before anything is written
+    # refused before anything is computed or written: the features of that snapshot too
+    assert not {"aiml_local.lab.customer_features", "aiml_local.lab.training_set"} & set(local_edp.names())

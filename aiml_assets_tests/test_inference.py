@@ -17,22 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
+from dagster import AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, materialize
 from pyspark.sql import functions as F
 
 from aiml_assets import cli
 from aiml_assets.definitions import MAIN_JOB, MODELS_JOB, SCORING_JOB, build_definitions
 from aiml_assets.edp.seed import seed_edp
 from aiml_assets.features.customer_features import offers
-from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED
-from aiml_assets.governance.erased import digest, erasure_key
+from aiml_assets.resources.audit import PUBLICATION, PUBLICATION_REFUSED
+from aiml_assets.sources.erased import digest, erasure_key
 from aiml_assets.governance.erasure import ERASURE_JOB, RETRAIN_TAG
-from aiml_assets.inference.assets import DEPLOYED_MODEL_KEY, SCORES_KEY, SCORING_FEATURES_KEY
-from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
+from aiml_assets.inference.assets import inference_assets
+from aiml_assets.keys import CDP_KEY, DEPLOYED_MODEL_KEY, PARALLEL_RUN_KEY, SCORES_KEY, SCORING_FEATURES_KEY
 from aiml_assets.models.binary import nexus_paths
 from aiml_assets.models.registry import CHALLENGER, alias_version
 from aiml_assets.models.training import registered_name
-from aiml_assets.publication.cdp import CDP_KEY, cdp_name, contract_version
+from aiml_assets.publication.cdp import cdp_name, contract_version
 from aiml_assets.publication.contract import verify_published
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
@@ -183,6 +183,9 @@ def test_drift_above_the_fail_threshold_blocks_scoring(platform, first_day):
     evaluation = _drift_check(result)
     assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR
     assert "feature drift against the deployed models' training data" in evaluation.description
+    # the step stopped at the failing check: nothing after it was computed or written
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == {SCORING_FEATURES_KEY}
+    assert platform.table("aiml_local.inference.deployed_model").filter(F.col("snapshot_date") == day).count() == 0
     assert platform.scores(day).count() == 0
 
 
@@ -220,6 +223,26 @@ def test_uat_parallel_run_scores_champion_and_challenger_side_by_side(platform, 
                                                              if p != "credit_card"]
     assert "credit_card" in metadata["score_shift_per_product"].value
     assert 0 < metadata["best_product_agreement"].value <= 1
+
+
+def test_scoring_features_alone_are_written_only_with_their_checks(platform, first_day):
+    day, features = "2026-10-23", "aiml_local.inference.scoring_features"
+    unchecked = materialize(inference_assets(platform.settings), instance=platform.instance, partition_key=day,
+                            resources=platform.resources, raise_on_error=False,
+                            selection=AssetSelection.assets(SCORING_FEATURES_KEY).without_checks())
+    assert not unchecked.success
+    failure = unchecked.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert "prod/scoring_features selected without its blocking check feature_drift" in failure
+    assert platform.table(features).filter(F.col("snapshot_date") == day).count() == 0
+
+    alone = platform.run(day, selection=[SCORING_FEATURES_KEY])  # as the UI materializes one asset, checks included
+    assert alone.success
+    assert {e.asset_key for e in alone.get_asset_materialization_events()} == {SCORING_FEATURES_KEY}
+    evaluations = {e.event_specific_data.check_name for e in alone.all_events
+                   if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert evaluations == {"CustomerFeatures_schema", "feature_drift"}
+    assert platform.table(features).filter(F.col("snapshot_date") == day).count() > 0
+    assert platform.scores(day).count() == 0
 
 
 def _with_canary(settings, share: float):
@@ -288,7 +311,8 @@ def test_a_tampered_binary_is_refused_and_nothing_is_scored(platform):
     assert not result.success
     failure = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "personal_loan champion" in failure and "release manifest says" in failure
-    assert result.get_step_failure_events()[0].step_key == "prod__deployed_model"
+    assert result.get_step_failure_events()[0].step_key == "prod_scoring"
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == {SCORING_FEATURES_KEY}
     assert platform.scores(day).count() == 0
     assert platform.cdp_entry()["properties"]["snapshot_date"] == DAY
 
@@ -304,9 +328,9 @@ def test_a_drift_baseline_rewritten_in_nexus_is_refused(platform):
         result = platform.run(day)
     assert not result.success
     failures = {e.step_key: str(e.step_failure_data.error) for e in result.get_step_failure_events()}
-    assert list(failures) == ["prod__scoring_features_feature_drift"]
-    assert "mortgage champion" in failures["prod__scoring_features_feature_drift"]
-    assert "its reference profile is not the one promoted" in failures["prod__scoring_features_feature_drift"]
+    assert list(failures) == ["prod_scoring"]
+    assert "mortgage champion" in failures["prod_scoring"]
+    assert "its reference profile is not the one promoted" in failures["prod_scoring"]
     assert platform.scores(day).count() == 0
 
 
@@ -377,7 +401,7 @@ def test_an_erasure_request_removes_customers_from_every_table_and_from_later_sc
 
 class NexusGoingDown(NexusServer):
     """The platform's Nexus folder served over HTTP, going down (the connection dropped, then the port closed) at the
-    first binary asked for twice: the scores step's pull, after prod/deployed_model pulled each binary once."""
+    second binary asked for: inside the scoring step, while prod/deployed_model pulls the deployed binaries."""
 
     def __init__(self, folder: Path, goes_down: bool = True):
         super().__init__(repositories=[folder.name])
@@ -387,7 +411,7 @@ class NexusGoingDown(NexusServer):
 
     def handle(self, method, request_path, authorization, body):
         if self.goes_down and method == "GET" and request_path.endswith("/model.zip"):
-            if request_path in self.pulled:
+            if self.pulled:
                 threading.Thread(target=self.stop).start()
                 raise ConnectionAbortedError("Nexus went down")  # the client's connection drops unanswered
             self.pulled.add(request_path)
@@ -409,7 +433,7 @@ def test_nexus_going_down_inside_a_scoring_run_scores_nothing_and_a_rerun_comple
         result = platform.run(day, _over_http(platform.settings, url))
     assert not result.success
     failures = {e.step_key: str(e.step_failure_data.error) for e in result.get_step_failure_events()}
-    assert "prod__propensity_scores" in failures
+    assert list(failures) == ["prod_scoring"]
     for failure in failures.values():  # which binary, where, and that nothing was scored
         assert f"GET {url}/repository/aiml-models/models/" in failure and "failed: ConnectionError" in failure
         assert "Nothing is scored" in failure
@@ -418,9 +442,8 @@ def test_nexus_going_down_inside_a_scoring_run_scores_nothing_and_a_rerun_comple
     assert platform.scores(day).count() == 0
     assert CDP_KEY not in {e.asset_key for e in result.get_asset_materialization_events()}
 
-    with NexusGoingDown(folder, goes_down=False) as nexus:  # Nexus is back: the failed steps again
-        rerun = platform.run(day, _over_http(platform.settings, nexus.url),
-                             selection=[SCORES_KEY, PARALLEL_RUN_KEY, CDP_KEY])
+    with NexusGoingDown(folder, goes_down=False) as nexus:  # Nexus is back: the failed step and what follows it
+        rerun = platform.run(day, _over_http(platform.settings, nexus.url))
     assert rerun.success
     assert platform.scores(day).count() == platform.table("aiml_local.inference.parallel_run_report").filter(
         F.col("snapshot_date") == day).count() > 0

@@ -95,3 +95,51 @@ def test_a_run_left_running_names_no_version_and_is_ended_failed(tmp_path):
     assert end_abandoned_runs(experiment_id, ["attempt", None, "attempt"], "mortgage") == [abandoned]
     assert client.get_run(abandoned).info.status == "FAILED" and client.get_run(other).info.status == "RUNNING"
     assert end_abandoned_runs(experiment_id, ["attempt"], "mortgage") == []
+
+
+# What runs in a cluster's Python worker: aiml_assets cannot be imported there (the step launcher ships the code
+# bundle to the driver only), so the unpickled group function must not try.
+_WORKER = """
+import pickle, sys
+class NoProjectCode:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "aiml_assets":
+            raise ImportError(f"{name}: not on the worker")
+sys.meta_path.insert(0, NoProjectCode())
+fit, frames = pickle.loads(sys.stdin.buffer.read())
+sys.stdout.buffer.write(pickle.dumps([fit(frame) for frame in frames]))
+"""
+
+
+def test_the_family_group_function_runs_where_aiml_assets_cannot_be_imported(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    import skops.io
+    from pyspark import cloudpickle
+
+    from aiml_assets.models.family import SHIPPED_BY_VALUE, fit_groups
+    from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES
+
+    frame = synthetic()
+    one_snapshot = frame[frame["snapshot_date"] == date(2025, 3, 1)].assign(product_code="mortgage")
+    champion = train(synthetic(seed=4)).model
+    for module in SHIPPED_BY_VALUE:
+        cloudpickle.register_pickle_by_value(module)
+    payload = cloudpickle.dumps((fit_groups({"credit_card": champion}), [frame, one_snapshot]))
+    worker = subprocess.run([sys.executable, "-c", _WORKER], input=payload, capture_output=True, cwd=tmp_path)
+    assert worker.returncode == 0, worker.stderr.decode()[-3000:]
+    fitted, failed = (result.iloc[0] for result in pickle.loads(worker.stdout))
+
+    assert fitted["product_code"] == "credit_card" and fitted["error"] is None
+    model = skops.io.loads(fitted["model"], trusted=list(TRUSTED_SKOPS_TYPES))
+    valid = frame[frame["snapshot_date"] == date(2025, 3, 1)].sort_values("customer_id")
+    # the scores returned are the returned model's on the validation snapshot, in the returned customers' order
+    assert fitted["validation_customers"] == valid["customer_id"].tolist()
+    from aiml_assets.models.training import score
+    np.testing.assert_allclose(fitted["validation_scores"], score(model, valid))
+    assert '"roc_auc"' in fitted["champion_metrics"] and fitted["train_snapshots"] == ["2025-01-01", "2025-02-01"]
+    # one product's failure comes back as its own row, not as the task's
+    assert failed["product_code"] == "mortgage" and failed["model"] is None
+    assert failed["error"].startswith("NotEnoughSnapshots: a temporal split needs at least 2 snapshots")

@@ -1,7 +1,8 @@
-"""Model versions end to end on seeded data: train per product, gate, challenger alias, Nexus binary.
+"""Model versions end to end on seeded data: the family trained in one step, gated, challenger alias, Nexus binary.
 
-One module-scoped AIML home: a seeded EDP, the main job's three snapshots, then the models job per product on a
-real SQLite MLflow registry and the local Nexus folder. Tests that change the training data run last.
+One module-scoped AIML home: a seeded EDP, the main job's three snapshots, then the models job (all products in one
+run, or one product as a data scientist runs it) on a real SQLite MLflow registry and the local Nexus folder. Tests
+that change the training data run last.
 """
 
 import hashlib
@@ -55,9 +56,13 @@ class Lab:
     def __init__(self, defs, instance, settings, resources):
         self.defs, self.instance, self.settings, self.resources = defs, instance, settings, resources
 
-    def train(self, product: str, only=None, defs=None):
-        return (defs or self.defs).resolve_job_def(MODELS_JOB).execute_in_process(
-            instance=self.instance, tags={"dagster/partition": product}, raise_on_error=False, asset_selection=only)
+    def train(self, products: str | tuple[str, str], only=None, defs=None, job=None):
+        """One product (a partition), or the products from `products[0]` to `products[1]` in one run (the
+        single-run backfill)."""
+        tags = ({"dagster/partition": products} if isinstance(products, str) else
+                {"dagster/asset_partition_range_start": products[0], "dagster/asset_partition_range_end": products[1]})
+        return (job or (defs or self.defs).resolve_job_def(MODELS_JOB)).execute_in_process(
+            instance=self.instance, tags=tags, raise_on_error=False, asset_selection=only)
 
     @property
     def mlflow(self) -> MlflowClient:
@@ -66,13 +71,16 @@ class Lab:
     def name(self, product: str) -> str:
         return registered_name(self.settings.catalog.aiml_catalog, product)
 
-    def materialization(self, result, key: AssetKey):
-        events = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
-        return events[0].materialization if events else None
+    def materialization(self, result, key: AssetKey, product: str | None = None):
+        events = [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == key
+                  and product in (None, e.materialization.partition)]
+        assert len(events) <= 1, (key, product)
+        return events[0] if events else None
 
-    def check(self, result, name: str):
+    def check(self, result, name: str, product: str | None = None):
         evaluations = [e.event_specific_data for e in result.all_events
-                       if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name]
+                       if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name
+                       and product in (None, e.event_specific_data.partition)]
         assert len(evaluations) == 1, name
         return evaluations[0]
 
@@ -81,13 +89,15 @@ def _png(markdown: str) -> bool:
     return markdown.startswith("![") and "data:image/png;base64," in markdown
 
 
-def test_every_product_trains_passes_the_gate_and_publishes_its_binary(lab, tmp_path):
+def test_every_product_trains_passes_the_gate_and_publishes_its_binary_in_one_step(lab, tmp_path):
     training = lab.resources["catalog"].read(lab.resources["spark"].get_session(), "aiml_local.lab.training_set")
     training_version = lab.resources["catalog"].version("aiml_local.lab.training_set")
-    for product in lab.settings.products:
-        result = lab.train(product)
-        assert result.success, product
-        model = lab.materialization(result, MODEL_KEY).metadata
+    products = lab.settings.products
+    result = lab.train((products[0], products[-1]))
+    assert result.success
+    assert [e.step_key for e in result.get_step_success_events()] == ["model_family"]  # one step: one cluster
+    for product in products:
+        model = lab.materialization(result, MODEL_KEY, product).metadata
         name, version = lab.name(product), model["model_version"].value
         assert model["model_name"].value == name
         assert model["roc_auc"].value > 0.6, (product, model["roc_auc"].value)  # the seeded data carries signal
@@ -95,8 +105,8 @@ def test_every_product_trains_passes_the_gate_and_publishes_its_binary(lab, tmp_
         assert model["training_snapshots"].value == "2026-08-01, 2026-09-01"
         assert model["validation_snapshot"].value == "2026-10-01"
 
-        assert lab.check(result, "validation_gate").passed
-        assert lab.check(result, "ModelScores_schema").passed
+        assert lab.check(result, "validation_gate", product).passed
+        assert lab.check(result, "ModelScores_schema", product).passed
         registered = lab.mlflow.get_model_version_by_alias(name, CHALLENGER)
         assert int(registered.version) == version and registered.tags[GATE_TAG] == "passed"
         run = lab.mlflow.get_run(registered.run_id)
@@ -107,8 +117,8 @@ def test_every_product_trains_passes_the_gate_and_publishes_its_binary(lab, tmp_
         artifacts = {a.path for a in lab.mlflow.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/roc_curve.png", "plots/feature_importance.png"} <= artifacts
 
-        binary = lab.materialization(result, BINARY_KEY).metadata
-        assert lab.check(result, "ModelBinary_schema").passed
+        binary = lab.materialization(result, BINARY_KEY, product).metadata
+        assert lab.check(result, "ModelBinary_schema", product).passed
         nexus = lab.resources["nexus"]
         paths = nexus_paths(name, version)
         assert binary["model_sha256"].value == nexus.sha256(paths.model)
@@ -181,10 +191,9 @@ class StoreLock:
         assert self.done.wait(LOCK_SECONDS + 30)
 
 
-def _retried(result, step: str) -> list[str]:
-    """The errors the attempts of `step` that were retried failed with."""
-    return [e.event_specific_data.error.to_string() for e in result.all_events
-            if e.event_type_value == "STEP_UP_FOR_RETRY" and e.step_key.endswith(step)]
+def _retried(lab, result, key: AssetKey) -> list[str]:
+    """The transient errors the step tried again after, on its way to `key`'s materialization."""
+    return lab.materialization(result, key).metadata["retried_errors"].value
 
 
 def _versions_trained_by(lab, product: str, result) -> list:
@@ -213,7 +222,7 @@ def test_a_store_locked_while_training_logs_fails_naming_it_and_the_retry_leaves
     with StoreLock(lab, when=running) as lock:
         result = lab.train(product)
     assert lock.taken.is_set() and result.success
-    [error] = _retried(result, "propensity_model")
+    [error] = _retried(lab, result, MODEL_KEY)
     assert f"MLflow store sqlite:///{lock.db} is locked by another connection" in error
     assert f"while training and registering the model for {product}" in error
     version = _only_usable_version(lab, product, result)
@@ -235,7 +244,7 @@ def test_a_store_locked_after_registration_holds_the_binary_back_until_the_retry
     with StoreLock(lab) as lock:  # from before model_binary reads the gated version
         published = lab.train(product, only=[BINARY_KEY])
     assert published.success
-    [error] = _retried(published, "model_binary")
+    [error] = _retried(lab, published, BINARY_KEY)
     assert f"MLflow store sqlite:///{lock.db} is locked" in error
     assert f"while publishing the gated version for {product}" in error
     assert lab.materialization(published, BINARY_KEY).metadata["model_version"].value == version
@@ -281,7 +290,7 @@ def test_nexus_down_during_model_binary_publishes_nothing_usable_and_a_rerun_com
         error = failure.step_failure_data.error.to_string()
         assert f"{name} version {version}: not published, Nexus failed during publication" in error
         assert f"Nexus HEAD {server.url}/repository/{repository}/{paths.model}: HTTP 503" in error
-        assert len(_retried(result, "model_binary")) == 2
+        assert "(tried 3 times)" in error
         # the model.zip got in, its sidecar and metadata.json did not: nothing takes that for a published version
         assert set(server.files) == {(repository, paths.model)}
         assert BINARY_TAG not in lab.mlflow.get_model_version(name, str(version)).tags
@@ -314,9 +323,10 @@ def _rewrite_training_column(lab, product: str, snapshots: list[str], column: st
                      replace={"snapshot_date": snapshot})
 
 
-def _assert_blocked(lab, result, name: str, version: int, challenger: int) -> None:
+def _assert_blocked(lab, result, product: str, version: int, challenger: int) -> None:
     """The gate failed `version`: nothing downstream ran, the challenger alias did not move, nothing is in Nexus."""
-    assert lab.materialization(result, BINARY_KEY) is None
+    name = lab.name(product)
+    assert lab.materialization(result, BINARY_KEY, product) is None
     assert lab.mlflow.get_model_version(name, str(version)).tags[GATE_TAG] == "failed"
     assert int(lab.mlflow.get_model_version_by_alias(name, CHALLENGER).version) == challenger
     assert not lab.resources["nexus"].exists(nexus_paths(name, version).model)
@@ -333,16 +343,24 @@ def test_weak_model_is_blocked_by_the_gate_against_thresholds_and_champion(lab):
     # a deliberately weak training set; the validation snapshot keeps true labels
     _rewrite_training_column(lab, product, ["2026-08-01", "2026-09-01"], "label",
                              lambda rows: np.random.default_rng(1).permutation(rows["label"].to_numpy()))
-    weak = lab.train(product)
+    # trained in one step beside a product that passes: the failure is savings_account's alone
+    weak = lab.train(("mortgage", product))
     assert not weak.success
-    version = lab.materialization(weak, MODEL_KEY).metadata["model_version"].value
-    gate = lab.check(weak, "validation_gate")
+    version = lab.materialization(weak, MODEL_KEY, product).metadata["model_version"].value
+    gate = lab.check(weak, "validation_gate", product)
     assert not gate.passed
     message = gate.description
     assert f"{name} version {version} FAILED" in message and "< min_roc_auc 0.6" in message
     assert f"worse than champion version {champion}" in message
     assert "candidate: roc_auc=" in message and f"champion (version {champion}): roc_auc=" in message
-    _assert_blocked(lab, weak, name, version, challenger=champion)
+    _assert_blocked(lab, weak, product, version, challenger=champion)
+    assert lab.check(weak, "validation_gate", "mortgage").passed
+    beside = lab.materialization(weak, BINARY_KEY, "mortgage").metadata["model_version"].value
+    assert beside == lab.materialization(weak, MODEL_KEY, "mortgage").metadata["model_version"].value
+    assert lab.mlflow.get_model_version(lab.name("mortgage"), str(beside)).tags[BINARY_TAG]
+    [failure] = weak.get_step_failure_events()
+    reason = failure.step_failure_data.user_failure_data.description
+    assert reason.startswith("1 of 2 products failed: savings_account: ") and "mortgage" not in reason
 
     # model_binary on its own publishes the gated challenger, never the blocked version
     alone = lab.train(product, only=[BINARY_KEY])
@@ -354,6 +372,20 @@ def test_weak_model_is_blocked_by_the_gate_against_thresholds_and_champion(lab):
     failure = by_hand.get_step_failure_events()[0].step_failure_data.error.to_string()
     assert f"version {version}: validation gate verdict is 'failed'" in failure
     assert not lab.resources["nexus"].exists(nexus_paths(name, version).model)
+
+
+def test_a_model_without_its_blocking_gate_is_refused_before_anything_is_trained(lab):
+    from dagster import AssetCheckKey
+
+    product = "credit_card"
+    before = lab.mlflow.search_model_versions(f"name = '{lab.name(product)}'")
+    job = lab.defs.resolve_job_def(MODELS_JOB).get_subset(
+        asset_selection={MODEL_KEY}, asset_check_selection={AssetCheckKey(MODEL_KEY, "ModelScores_schema")})
+    result = lab.train(product, job=job)
+    assert not result.success and lab.materialization(result, MODEL_KEY) is None
+    reason = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert "refused: validation_gate on models/propensity_model must run with its asset" in reason
+    assert len(lab.mlflow.search_model_versions(f"name = '{lab.name(product)}'")) == len(before)
 
 
 def test_a_re_executed_run_finds_the_version_its_parent_registered(lab):
@@ -388,5 +420,5 @@ def test_a_leaked_feature_is_blocked_by_the_gate_with_the_leak_named(lab):
     assert "> max_roc_auc 0.97" in gate.description and f"above champion version {champion}'s" in gate.description
     assert "spend_30d" in gate.description.split("top features by importance: ")[1]
     assert next(iter(gate.metadata["top_features"].value)) == "spend_30d"
-    _assert_blocked(lab, leaky, name, version, challenger=champion)
+    _assert_blocked(lab, leaky, product, version, challenger=champion)
 

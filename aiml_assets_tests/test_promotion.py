@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from aiml_assets import cli
-from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED
+from aiml_assets.resources.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED
 from aiml_assets.models.binary import nexus_paths, publish_model
 from aiml_assets.models.promotion import failure_reason, promotion_job, promotion_resources, promotion_run_config
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG, alias_version

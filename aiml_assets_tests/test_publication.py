@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_STARTED, AuditLog
+from aiml_assets.resources.audit import PUBLICATION, PUBLICATION_STARTED, AuditLog
 from aiml_assets.publication.protocol import MARKER, Candidate, publish_once
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.storage import LocalStorage

@@ -19,6 +19,7 @@ from aiml_assets.quality import FINITE, validate
 from aiml_assets.quarantine import offending_rows
 from aiml_assets.settings import load_settings
 from aiml_assets.sources.edp import asset_key
+from aiml_assets.sources.relationships import CHECK_NAME as RELATIONSHIPS
 from aiml_assets.sources.schemas import CUSTOMERS, HOLDINGS, SOURCE_MODELS, TRANSACTIONS as TX
 
 FUTURE = datetime.now(timezone.utc) + timedelta(days=30)
@@ -91,8 +92,12 @@ def _check_key(name):
     return AssetCheckKey(asset_key(name), f"{SOURCE_MODELS[name].__name__}_schema")
 
 
+def _definitions(settings=None):
+    return build_definitions("local", settings)
+
+
 def _run(selection, instance, settings=None):
-    defs = build_definitions("local", settings)
+    defs = _definitions(settings)
     job = define_asset_job("bad_input", selection=selection).resolve(asset_graph=defs.resolve_asset_graph(),
                                                                       resource_defs=defs.resources)
     return job.execute_in_process(instance=instance, tags={"dagster/partition": "2026-10-01"},
@@ -133,7 +138,9 @@ def test_bad_source_input_stops_the_graph(case, local_edp, tmp_path):
                 in message, message
             rules = DeltaTable(local_edp.location(table)).to_pandas()["quarantine_rule"]
             assert len(rules) == failed_rows and rules.str.startswith(f"{column}: ").all(), rules
-        # nothing downstream ran or was written
+        # nothing downstream ran or was written: the observation's step failed, no lab step started
+        assert {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"} == {
+            "edp_source_products"}
         assert instance.get_latest_materialization_event(FEATURES_KEY) is None
         assert instance.get_latest_materialization_event(TRAINING_KEY) is None
     assert not local_edp.exists("aiml_local.lab.customer_features")
@@ -142,14 +149,24 @@ def test_bad_source_input_stops_the_graph(case, local_edp, tmp_path):
 def test_an_unexpected_column_passes_with_a_warning(local_edp, tmp_path):
     _corrupt(local_edp, TX, _with_extra_column, tmp_path)
     with DagsterInstance.ephemeral() as instance:
-        observed = AssetSelection.assets(asset_key(TX)).without_checks()
-        result = _run(observed | AssetSelection.checks(_check_key(TX)), instance)
-    [evaluation] = _events(result, "ASSET_CHECK_EVALUATION")
+        result = _run(AssetSelection.assets(asset_key(TX)), instance)  # with its checks
+    evaluations = {e.check_name: e for e in _events(result, "ASSET_CHECK_EVALUATION")}
+    assert result.success and set(evaluations) == {RELATIONSHIPS, _check_key(TX).name}
+    evaluation = evaluations[_check_key(TX).name]
     assert evaluation.passed and "quarantine_table" not in evaluation.metadata
     assert evaluation.metadata["extra_columns"].value == EXTRA
     assert f"not in pandera schema Transactions: {EXTRA}; passed" in evaluation.metadata["warning"].value
     [observation] = _events(result, "ASSET_OBSERVATION")
     assert observation.asset_observation.metadata["extra_columns"].value == EXTRA
+
+
+def test_a_product_is_not_observed_without_its_blocking_checks(local_edp):
+    with DagsterInstance.ephemeral() as instance:
+        unchecked = AssetSelection.assets(asset_key(TX)).without_checks() | AssetSelection.checks(_check_key(TX))
+        result = _run(unchecked, instance)
+    [failure] = _events(result, "STEP_FAILURE")
+    assert not result.success and _events(result, "ASSET_OBSERVATION") == []
+    assert f"without its blocking check (edp/fdp/transactions:{RELATIONSHIPS})" in failure.error.message
 
 
 def test_good_sources_pass_every_check(local_edp, spark):

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from aiml_assets.governance.audit import AuditLog
+from aiml_assets.resources.audit import AuditLog
 from aiml_assets.governance.raw_access import (MAX_TERM, REGISTER, RAW_READ, RAW_READ_REFUSED, RawAccessRefused,
                                                RegisterError, authorise, load_register, read_raw, refusal)
 from aiml_assets.resources.catalog import CatalogError, LocalCatalog, UnityCatalog

@@ -6,16 +6,19 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+from dagster import materialize
 from deltalake import write_deltalake
 
 import aiml_assets.governance.retention_assets as retention_assets
 from aiml_assets.definitions import RETENTION_JOB, build_definitions
 from aiml_assets.features.assets import FEATURES_KEY
 from aiml_assets.governance.retention import PurgeReport, cutoff
-from aiml_assets.governance.audit import AuditLog
+from aiml_assets.keys import STEP_LAUNCHER_KEY
+from aiml_assets.resources.audit import AuditLog
 from aiml_assets.governance.lifecycle import LifecycleMismatch, lifecycle_document, verify_lifecycle
-from aiml_assets.governance.retention_assets import LIFECYCLE_JOB, PURGE_KEY, ClockRefused
+from aiml_assets.governance.retention_assets import LIFECYCLE_JOB, PURGE_KEY, ClockRefused, lifecycle_job
 from aiml_assets.resources.catalog import LocalCatalog
+from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.resources.storage import S3Storage
 from aiml_assets.settings import load_settings
 
@@ -33,10 +36,12 @@ def lab_table(aiml_home):
 
 
 def run_retention(instance, as_of: datetime):
-    job = build_definitions("local").resolve_job_def(RETENTION_JOB)
+    """The retention job's selection (the governance group: the purge, its proof in its step) on local resources."""
+    settings = load_settings("local")
     config = {"ops": {PURGE_KEY.to_python_identifier(): {"config": {"as_of": as_of.isoformat()}}}}
-    return job.execute_in_process(instance=instance, run_config=config, raise_on_error=False,
-                                  tags={"aiml/requested_by": "svc-aiml-gitlab-lab"})
+    return materialize(retention_assets.retention_assets(settings), resources=build_resources(settings),
+                       instance=instance, run_config=config, raise_on_error=False,
+                       tags={"aiml/requested_by": "svc-aiml-gitlab-lab"})
 
 
 def check_result(result):
@@ -61,8 +66,7 @@ def test_the_freshness_policy_and_the_purge_agree_on_what_is_past_retention(lab_
 
 def test_the_purge_is_audited_with_who_when_and_what(lab_table, instance, aiml_home):
     result = run_retention(instance, lab_table + timedelta(days=91))
-    resources = build_definitions("local").resources
-    [event] = [e for e in resources["audit"].read() if e["action"] == "purge"]
+    [event] = [e for e in build_resources(load_settings("local"))["audit"].read() if e["action"] == "purge"]
     assert (event["actor"], event["environment"], event["run_id"]) == ("svc-aiml-gitlab-lab", "local", result.run_id)
     assert event["details"]["lab"]["tables_removed"] == ["customer_features"]
     assert datetime.fromisoformat(event["details"]["cutoff"]) == lab_table + timedelta(days=1)
@@ -75,8 +79,10 @@ def test_the_proving_check_fails_when_the_purge_leaves_old_data(lab_table, insta
     monkeypatch.setattr(retention_assets, "purge", no_purge)
     result = run_retention(instance, lab_table + timedelta(days=91))
     evaluation = check_result(result)
-    assert not evaluation.passed
+    assert (evaluation.check_name, evaluation.passed) == ("nothing_past_retention", False)
     assert "customer_features/_delta_log/00000000000000000000.json" in evaluation.description
+    [failure] = result.get_step_failure_events()  # the purge's own step proves it, and fails with the proof
+    assert "object versions written before" in str(failure.step_failure_data.user_failure_data.description)
 
 
 # --- bucket lifecycle ------------------------------------------------------------------------------------------
@@ -88,7 +94,7 @@ def test_the_lifecycle_job_applies_and_verifies_each_perishable_bucket(env, s3, 
     storage = S3Storage(buckets=settings.storage.buckets)
     for uri in settings.storage.buckets.values():
         s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    job = build_definitions(settings=settings).resolve_job_def(LIFECYCLE_JOB)
+    job = lifecycle_job(settings)
 
     assert job.execute_in_process(resources={"storage": storage,
                                              "audit": AuditLog(location=str(aiml_home / "audit_log"))}).success
@@ -110,7 +116,7 @@ def test_a_lifecycle_changed_by_hand_is_put_back_and_on_record(s3, aiml_home):
         s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
     resources = {"storage": S3Storage(buckets=settings.storage.buckets),
                  "audit": AuditLog(location=str(aiml_home / "audit_log"))}
-    job = build_definitions(settings=settings).resolve_job_def(LIFECYCLE_JOB)
+    job = lifecycle_job(settings)
     assert job.execute_in_process(resources=resources).success
     deployed = lifecycle_document(settings)
     changed = json.loads(json.dumps(deployed))
@@ -133,6 +139,12 @@ def test_a_lifecycle_changed_by_hand_is_put_back_and_on_record(s3, aiml_home):
 def test_a_purge_as_of_another_time_is_refused_outside_local():
     with pytest.raises(ClockRefused, match="refused in lab"):
         retention_assets._as_of(retention_assets.PurgeConfig(as_of="2030-01-01T00:00:00"), load_settings("lab"))
+
+
+def test_the_purge_proves_itself_in_its_own_step_on_the_environments_cluster():
+    [purge] = retention_assets.retention_assets(load_settings("lab"))  # no separate check step to start
+    assert [key.name for key in purge.check_keys] == ["nothing_past_retention"]
+    assert {STEP_LAUNCHER_KEY, "storage", "tables", "catalog", "audit"} <= purge.required_resource_keys
 
 
 def test_prod_has_no_retention_job_and_no_lifecycle(aiml_home):

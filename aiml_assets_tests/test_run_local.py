@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 
 from aiml_assets import cli
 from aiml_assets.definitions import build_definitions
-from aiml_assets.governance.erased import digest
+from aiml_assets.sources.erased import digest
 from aiml_assets.governance.erasure import ERASURE_JOB
 from aiml_assets.quality import check_name
 from aiml_assets.resources.catalog import LocalCatalog

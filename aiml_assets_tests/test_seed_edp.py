@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from sklearn.linear_model import LogisticRegression
@@ -26,8 +27,9 @@ from aiml_assets.edp.seed import (
     generate_chunks,
     seed_edp,
 )
+from aiml_assets.cli import main
 from aiml_assets.resources.catalog import LocalCatalog
-from aiml_assets.settings import load_settings
+from aiml_assets.settings import PRODUCTS_ENV_VAR, RESOURCES_DIR, load_settings, product_codes
 
 END = date(2026, 10, 31)
 PRODUCTS = load_settings("local").products
@@ -270,3 +272,25 @@ def test_take_up_is_predictable_from_point_in_time_features(aiml_home):
         assert te[f"label_{p}"].sum() >= 50, p
     assert all(0.003 <= rate <= 0.05 for rate in take_up.values()), take_up
     assert all(auc > 0.6 for auc in aucs.values()), aucs
+
+
+def test_seed_edp_seeds_the_products_the_settings_then_name(aiml_home, monkeypatch):
+    """`aiml seed-edp --products N`: the named products, then generated codes, each with its own take-up rate;
+    the settings of the same process (run-local's) name exactly the seeded products; the env file is untouched."""
+    monkeypatch.setenv(PRODUCTS_ENV_VAR, "")  # unset, and restored after the command sets it
+    env_file = (RESOURCES_DIR / "local.yaml").read_text()
+    assert main(["seed-edp", "--products", "9", "--customers", "400", "--end-date", END.isoformat()]) == 0
+
+    products = load_settings().products
+    assert products == [*PRODUCTS, "product_07", "product_08", "product_09"]
+    catalog = LocalCatalog(home=str(aiml_home))
+    held = set(DeltaTable(catalog.location(HOLDINGS)).to_pyarrow_table()["product_code"].to_pylist())
+    assert held == set(products)
+    assert catalog.entry(HOLDINGS)["properties"]["products"] == ",".join(products)
+    assert (RESOURCES_DIR / "local.yaml").read_text() == env_file
+    # at NBA 2.0's size every generated product still has a take-up rate of its own
+    generated = product_codes(PRODUCTS, 49)[len(PRODUCTS):]
+    assert len({edp_seed.propensity(code).base for code in generated}) == len(generated) == 43
+
+    with pytest.raises(SystemExit, match="--products 12 disagrees with AIML_PRODUCTS=9"):
+        main(["seed-edp", "--products", "12", "--customers", "400"])

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiml_assets.settings import ENVIRONMENTS, RESOURCES_DIR, SettingsError, current_env, load_settings, parse_settings
+from aiml_assets.settings import (
+    ENVIRONMENTS, PRODUCTS_ENV_VAR, RESOURCES_DIR, SettingsError, current_env, load_settings, parse_settings,
+)
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -70,6 +72,12 @@ def _broken(tmp_path: Path, env: str, **changes) -> Path:
         ("lab", {"databricks__secrets": [{"name": "NEXUS_USERNAME", "scope": "aiml-lab", "key": "nexus-username"}]},
          r"databricks\.secrets: needs AIML_ERASURE_KEY from the environment's secret scope"),
         ("prod", {"erasure__key_env": "aiml-erasure-key"}, r"erasure\.key_env: String should match pattern"),
+        # every job cluster comes from the environment's instance pool: required, and a Databricks pool id
+        ("lab", {"databricks__instance_pool_id": None}, r"databricks\.instance_pool_id: Field required"),
+        ("prod", {"databricks__instance_pool_id": "aiml-prod-jobs"},
+         r"databricks\.instance_pool_id: String should match pattern"),
+        ("uat", {"databricks__instance_pool_id": "1121-093544-aiml5-pool-u4tpo0l2\n  node_type_id: p4d.24xlarge"},
+         r"databricks\.instance_pool_id: String should match pattern"),
         ("uat", {"lockdown": None}, r"lockdown: required in uat"),
         ("prod", {"inference__deploys_from": "uat"}, r"prod deploys from its own release manifest, not uat's"),
         ("uat", {"inference__drift__warn_psi": 0.3}, r"warn_psi 0\.3 must be below fail_psi 0\.25"),
@@ -114,3 +122,36 @@ def test_not_a_mapping(tmp_path):
     with pytest.raises(SettingsError, match="expected a mapping of settings at the top level"):
         parse_settings(path)
 
+
+
+
+@pytest.fixture
+def product_count(monkeypatch):
+    """Sets PRODUCTS_ENV_VAR for settings loaded after it; no test after this one sees them."""
+    def set_count(count: str) -> None:
+        monkeypatch.setenv(PRODUCTS_ENV_VAR, count)
+        load_settings.cache_clear()
+
+    yield set_count
+    load_settings.cache_clear()
+
+
+def test_local_product_count_extends_the_named_products(product_count):
+    named = load_settings("local").products
+    product_count("49")
+    products = load_settings("local").products
+    assert products[:6] == named and len(named) == 6
+    assert len(set(products)) == 49 and products[6:8] == ["product_07", "product_08"]
+    product_count("2")
+    assert load_settings("local").products == named[:2]
+
+
+@pytest.mark.parametrize(("env", "count", "expected"), [
+    ("local", "0", r"AIML_PRODUCTS: expected a whole number of products, at least 1 \(got '0'\)"),
+    ("local", "many", r"AIML_PRODUCTS: expected a whole number"),
+    ("lab", "49", r"AIML_PRODUCTS: local only; lab has its env file's products"),
+])
+def test_bad_product_count_is_refused(product_count, env, count, expected):
+    product_count(count)
+    with pytest.raises(SettingsError, match=expected):
+        load_settings(env)

@@ -4,12 +4,13 @@ and never a customer key; the clean seed passes every rule."""
 
 import re
 from datetime import date, timedelta
+from pathlib import Path
 
 import pandas as pd
-from dagster import DagsterInstance, serialize_value
+from dagster import DagsterInstance, build_reconstructable_job, execute_job, multiprocess_executor, serialize_value
 from deltalake import DeltaTable, write_deltalake
 
-from aiml_assets.definitions import MAIN_JOB, build_definitions
+from aiml_assets.definitions import main_job_for_current_env
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
 from aiml_assets.quality import validate
 from aiml_assets.settings import load_settings
@@ -19,7 +20,8 @@ from aiml_assets.sources.relationships import (
 )
 from aiml_assets.sources.schemas import SOURCE_MODELS
 from aiml_assets.sources.volume import MonthlyVolume, complete_months, read_window, volume_violations
-from test_quality import _corrupt  # rewrites a seeded source as a new Delta version
+# by its package name: the multiprocess executor's step processes import this module so
+from aiml_assets_tests.test_quality import _corrupt  # rewrites a seeded source as a new Delta version
 
 SNAPSHOT = {"dagster/partition": "2026-10-01"}  # reads 2025-10-01 to 2026-10-31: months 2025-10 to 2026-10
 EVERY_SNAPSHOT = {"dagster/asset_partition_range_start": "2024-11-01",
@@ -215,15 +217,43 @@ def test_small_months_are_not_flagged_for_noise_nor_the_partial_horizon_month():
     assert complete_months((date(2025, 9, 1), date(2026, 10, 20)), horizon)[-1] == date(2026, 9, 1)
 
 
+OBSERVATION_STEP = "edp_source_products"  # the one step observing and checking every product
+REPOSITORY = str(Path(__file__).parents[1])  # where the multiprocess executor's step processes import this module
+
+
+def _steps(result, event_type: str) -> set[str]:
+    return {e.step_key for e in result.all_events if e.event_type_value == event_type}
+
+
+def _evaluations(result) -> list:
+    return [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+
+
+def _failed_checks(result) -> list:
+    return [e.event_specific_data for e in _evaluations(result) if not e.event_specific_data.passed]
+
+
+def _main_job_on_separate_processes():
+    """The main job on the executor the remote environments use (each step its own process; there, its own run)."""
+    return main_job_for_current_env().with_executor_def(multiprocess_executor)
+
+
 def test_a_broken_relationship_stops_the_main_job_before_any_lab_asset(local_edp, tmp_path):
+    """On the multiprocess executor, as remotely: the lab steps wait on the observation step's outputs, not on a
+    shared process (in-process, test_quality's bad inputs stop the features step the same way)."""
     _corrupt(local_edp, TRANSACTIONS, _compose(_broken_transactions(_recent_joiners(local_edp)),
                                                _without_month("transaction_ts", "2026-02")), tmp_path)
-    defs = build_definitions("local")
-    with DagsterInstance.ephemeral() as instance:
-        result = defs.resolve_job_def(MAIN_JOB).execute_in_process(instance=instance, tags=SNAPSHOT,
-                                                                   raise_on_error=False)
-        failed = [e.event_specific_data for e in result.all_events
-                  if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed]
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:  # multiprocess needs a persistent one
+        job = build_reconstructable_job(
+            "aiml_assets_tests.test_source_relationships", "_main_job_on_separate_processes",
+            reconstructor_working_directory=REPOSITORY)
+        result = execute_job(job, instance=instance, tags=SNAPSHOT, raise_on_error=False)
+        # every check ran in the observation's step, which failed: no lab step started
+        assert not result.success
+        assert _steps(result, "STEP_START") == _steps(result, "STEP_FAILURE") == {OBSERVATION_STEP}
+        assert len(_evaluations(result)) == 7 and {e.step_key for e in _evaluations(result)} == {OBSERVATION_STEP}
+        failed = _failed_checks(result)
         assert [(f.asset_key.to_user_string(), f.check_name) for f in failed] == [
             ("edp/fdp/transactions", CHECK_NAME)]
         message = failed[0].description

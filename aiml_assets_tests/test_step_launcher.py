@@ -43,9 +43,10 @@ from dagster import AssetKey, DagsterEventType, execute_job, reconstructable
 from dagster_databricks.databricks import DatabricksClient, DatabricksJobRunner
 from databricks.sdk.errors.platform import ResourceAlreadyExists, ResourceDoesNotExist
 from databricks.sdk.service import files, jobs
-from step_launcher_job import STEP_LOG_PREFIX, lab_launcher_job
+from step_launcher_job import IN_STEP_CHECK, STEP_LOG_PREFIX, lab_launcher_job
 
 from aiml_assets.provenance import git_commit
+from aiml_assets.resources.step_launcher import databricks_runs
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, load_settings
 
 # the module, not the resource that dagster_databricks exports under the same name
@@ -63,6 +64,7 @@ CLUSTER_RUNTIME_TOKEN = "dapi-cluster-runtime-test-token"
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 ASSET_KEY = AssetKey("launcher_probe")
 STEP_KEY = "launcher_probe"
+CHECK_STEP_KEY = "launcher_probe_odd_ids_counted"
 
 
 def fake_secret(scope: str, key: str) -> str:
@@ -315,7 +317,7 @@ def run_lab_job(instance):
 def api_cluster(cluster_spec: dict) -> dict:
     """The `new_cluster` of the Jobs API request that dagster-databricks makes from a `run_config.cluster.new`."""
     expected = {k: v for k, v in cluster_spec.items() if k not in ("nodes", "size", "custom_tags")}
-    expected.update(cluster_spec["nodes"]["node_types"])
+    expected.update(cluster_spec["nodes"])
     expected.update(cluster_spec["size"])
     tags = {tag["key"]: tag["value"] for tag in cluster_spec.get("custom_tags", [])}
     expected["custom_tags"] = {**tags, "__dagster_version": dagster.__version__}
@@ -334,12 +336,23 @@ def test_lab_asset_runs_on_databricks_through_the_step_launcher(lab_env, fake_da
         assert result.success
         run_id = result.run_id
 
-    # -- the submitted run: lab's cluster, run name, timeout, pinned libraries -----------------------------------------
-    assert len(fake.jobs.submitted) == 1 and len(fake.runner_calls) == 1
-    submitted, (run_config, _) = fake.jobs.submitted[0], fake.runner_calls[0]
+    # -- one Databricks run per step that takes the step launcher, as counted from the job ------------------------
+    step_runs = {run["task"]["spark_python_task"]["python_file"].split("/")[-2]: run for run in fake.jobs.submitted}
+    counted = databricks_runs(lab_launcher_job())
+    assert counted == {STEP_KEY: 1, CHECK_STEP_KEY: 1}  # the summary takes no step launcher
+    assert len(fake.jobs.submitted) == len(fake.runner_calls) == sum(counted.values())
+    assert set(step_runs) == set(counted)
+
+    # -- the submitted run: lab's cluster on lab's instance pool, run name, timeout, pinned libraries -----------------
+    submitted, (run_config, _) = step_runs[STEP_KEY], fake.runner_calls[0]
     cluster_spec = json.loads((DEPLOYMENTS_DIR / "databricks" / db.cluster_spec).read_text())
-    assert run_config["cluster"] == {"new": cluster_spec}
-    assert submitted["task"]["new_cluster"] == api_cluster(cluster_spec)  # nothing lost on the way to the API
+    pool = {"instance_pool_id": db.instance_pool_id, "driver_instance_pool_id": db.instance_pool_id}
+    assert run_config["cluster"] == {"new": {**cluster_spec, "nodes": pool}}
+    # nothing lost on the way to the API: driver and workers from the pool, which decides the node type
+    new_cluster = submitted["task"]["new_cluster"]
+    assert new_cluster == api_cluster({**cluster_spec, "nodes": pool})
+    assert new_cluster["instance_pool_id"] == new_cluster["driver_instance_pool_id"] == db.instance_pool_id
+    assert not {"node_type_id", "driver_node_type_id", "aws_attributes"} & set(new_cluster)
     assert submitted["run_name"] == db.run_name == "aiml_assets-lab"
     assert submitted["timeout_seconds"] == db.timeout_seconds
 
@@ -367,7 +380,7 @@ def test_lab_asset_runs_on_databricks_through_the_step_launcher(lab_env, fake_da
     assert not [name for name in remote_config.env_variables if "TOKEN" in name or "SECRET" in name]
     assert remote_config.secrets == [secret.model_dump() for secret in db.secrets]
     assert {"name": "NEXUS_USERNAME", "scope": "aiml-lab", "key": "nexus-username"} in remote_config.secrets
-    assert fake.dbutils.secret_reads == [(secret.scope, secret.key) for secret in db.secrets]
+    assert fake.dbutils.secret_reads == [(secret.scope, secret.key) for secret in db.secrets] * len(step_runs)
     assert fake.jobs.remote_env["AIML_ENV"] == "lab"  # the fake cluster process started without the orchestrator's
     for secret in db.secrets:
         assert fake.jobs.remote_env[secret.name] == fake_secret(secret.scope, secret.key)
@@ -392,9 +405,17 @@ def test_lab_asset_runs_on_databricks_through_the_step_launcher(lab_env, fake_da
     assert any(m.startswith(f"{STEP_LOG_PREFIX} 500 even ids") for m in step_messages), step_messages
     event_types = [e.dagster_event_type for e in logs if e.is_dagster_event]
     assert DagsterEventType.STEP_SUCCESS in event_types and DagsterEventType.RUN_SUCCESS in event_types
+    # both checks evaluated remotely, the in-step one in the asset's run, and replayed from their steps
+    evaluations = {e.step_key: e.dagster_event.event_specific_data for e in logs
+                   if e.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION}
+    assert {step: (check.check_name, check.passed) for step, check in evaluations.items()} == {
+        STEP_KEY: (IN_STEP_CHECK, True), CHECK_STEP_KEY: ("odd_ids_counted", True)}
+    summary = instance.get_latest_materialization_event(AssetKey("launcher_probe_summary"))
+    assert summary.run_id == run_id
+    assert summary.asset_materialization.metadata["ran_on_a_cluster"].value is False  # no launcher: no cluster
 
     # -- polling at lab's interval until TERMINATED; no network --------------------------------------------------------
-    assert fake.sleeps == [db.poll_interval_sec] * 2  # polls saw RUNNING, then TERMINATED SUCCESS
+    assert fake.sleeps == [db.poll_interval_sec] * 2 * len(step_runs)  # each run's polls: RUNNING, TERMINATED
     assert fake.jobs.cancelled == []
     assert network_attempts == []
 

@@ -1,50 +1,52 @@
-"""Lab feature assets: customer features and training sets per monthly snapshot, in the perishable lab bucket.
+"""Lab feature assets: customer features and training sets per monthly snapshot, in the perishable lab bucket, built
+in one step (one Databricks run): the training set is labelled from the features this step just audited.
 
-Write-audit-publish: each run computes its snapshots, audits every one against its pandera schema in the asset's own
-step, and only then replaces their partitions. A failing rule fails the step with the check's result: nothing is
-written, the partitions already there stay current, and nothing downstream runs."""
+Write-audit-publish: each run computes its snapshots, audits every one against its pandera schema in the step, and
+only then replaces their partitions. A failing features rule fails the step with the check's result: neither table
+is written, the partitions already there stay current, and nothing downstream runs. A failing training-set rule
+leaves the features written and the training set's partitions as they were. A data scientist can materialize either
+key alone; the training set alone labels the features table as it is."""
 
 
+from collections.abc import Callable, Generator
 from datetime import date, timedelta
 
 from dagster import (
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSpec,
     BackfillPolicy,
     FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     MonthlyPartitionsDefinition,
-    asset,
+    multi_asset,
 )
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.asset_tables import lab_table
-from aiml_assets.features.customer_features import Sources, customer_features, offers
-from aiml_assets.features.profile import profile_by_partition
+from aiml_assets.asset_tables import TableAccess, lab_table
+from aiml_assets.audited_write import audit_spec, audited, refuse_unaudited
+from aiml_assets.features.customer_features import customer_features, offers
+from aiml_assets.features.profile import profile_by_partition, take_up_by_partition
 from aiml_assets.features.schemas import customer_features_schema, training_set_schema
-from aiml_assets.governance.erased import erased_digests, without_erased
-from aiml_assets.audited_write import audit_spec, audited
-from aiml_assets.quality import table_schema
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.keys import FEATURES_GROUP as GROUP, FEATURES_KEY, TRAINING_KEY, StepLauncherParam
+from aiml_assets.quality import Model, table_schema
+from aiml_assets.resources.audit import AuditLog
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.storage import Storage
+from aiml_assets.resources.tables import DeltaTables
 from aiml_assets.settings import Settings
 from aiml_assets.sources.edp import CUSTOMERS, HOLDINGS, RESPONSES, TRANSACTIONS, asset_key
-from aiml_assets.sources.horizon import DataHorizon, horizon_of, observed_horizon, refuse_unfillable
+from aiml_assets.sources.erased import read_sources
+from aiml_assets.sources.horizon import DataHorizon, horizon_of, refuse_unfillable
 
-GROUP = "lab_features"
-FEATURES_KEY = AssetKey(["lab", "customer_features"])
-TRAINING_KEY = AssetKey(["lab", "training_set"])
-RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
+__all__ = ["GROUP", "FEATURES_KEY", "TRAINING_KEY", "lab_feature_assets", "labelled", "transaction_bounds"]
 
-
-def read_sources(context, settings: Settings) -> Sources:
-    """The EDP products, by catalog name, without the customers whose erasure was requested (GDPR)."""
-    spark, catalog = context.resources.spark.get_session(), context.resources.catalog
-    customers, *others = (catalog.read(spark, name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES))
-    return Sources(*without_erased(customers, others, erased_digests(context.resources.audit),
-                                   settings))
+Staged = dict[date, DataFrame]
 
 
 def transaction_bounds(transactions: DataFrame, snapshots: list[date]) -> tuple[DataHorizon, dict[str, tuple]]:
@@ -63,118 +65,6 @@ def transaction_bounds(transactions: DataFrame, snapshots: list[date]) -> tuple[
     return horizon_of(row["latest"]), spans
 
 
-def _snapshots(context) -> list[date]:
-    return [date.fromisoformat(key) for key in context.partition_keys]
-
-
-def _write_snapshot(context, settings: Settings, key: AssetKey, df: DataFrame, snapshot: date) -> int:
-    return lab_table(settings, key).write_partition(context, df, snapshot.isoformat())
-
-
-def _register(context, settings: Settings, key: AssetKey) -> None:
-    lab_table(settings, key).register(
-        context, comment=f"{key.to_user_string()}: lab asset, perishable",
-        properties={"retention_days": settings.storage.retention_days, "dagster_asset": key.to_user_string()},
-    )
-
-
-def _read_snapshots(context, settings: Settings, key: AssetKey, snapshots: list[date]) -> DataFrame:
-    return lab_table(settings, key).read(context, snapshots)
-
-
-def lab_feature_assets(settings: Settings) -> list:
-    features = settings.features
-    retention = settings.storage.retention_days
-    snapshots = MonthlyPartitionsDefinition(start_date=features.snapshot_start.isoformat())
-    common = dict(
-        group_name=GROUP,
-        partitions_def=snapshots,
-        backfill_policy=BackfillPolicy.single_run(),
-        freshness_policy=FreshnessPolicy.time_window(
-            fail_window=timedelta(days=retention), warn_window=timedelta(days=retention - 15)
-        ),
-        required_resource_keys=RESOURCES,
-        owners=["team:aiml"],
-        kinds={"spark", "delta"},
-    )
-    products = settings.products
-    feature_schema, training_schema = customer_features_schema(products), training_set_schema(products)
-
-    feature_check, training_check = audit_spec(FEATURES_KEY, feature_schema), audit_spec(TRAINING_KEY, training_schema)
-
-    @asset(
-        key=FEATURES_KEY,
-        deps=[asset_key(name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)],
-        description="Per customer as of each snapshot: tenure, demographics, spend and recency over 30/90/365 "
-        "days, category shares, holdings, campaign contact; only from events strictly before the snapshot.",
-        metadata={"dagster/column_schema": table_schema(feature_schema),
-                  "dagster/table_name": lab_table(settings, FEATURES_KEY).name},
-        check_specs=[feature_check],
-        **common,
-    )
-    def customer_features_asset(context: AssetExecutionContext):
-        sources = read_sources(context, settings)
-        horizon, spans = transaction_bounds(sources.transactions, _snapshots(context))
-        refuse_unfillable(FEATURES_KEY, horizon, _snapshots(context),
-                          lambda horizon, snapshot: None if horizon.fills_features(snapshot) else
-                          f"features as of {snapshot} would miss the events from {horizon.scoring_day} on")
-        staged = {}
-        for snapshot in _snapshots(context):
-            context.log.info(f"customer features as of {snapshot}: computing")
-            staged[snapshot] = customer_features(sources, snapshot, products).persist(StorageLevel.MEMORY_AND_DISK)
-        result = yield from audited(context, FEATURES_KEY, feature_schema, staged, settings)
-        for snapshot, df in staged.items():
-            version = _write_snapshot(context, settings, FEATURES_KEY, df, snapshot)
-            lo, hi = spans[snapshot.isoformat()]
-            [profile] = profile_by_partition(df, "snapshot_date").values()
-            context.add_asset_metadata({**profile, "table_version": MetadataValue.int(version),
-                                        "min_event_time_used": MetadataValue.text(str(lo)),
-                                        "max_event_time_used": MetadataValue.text(str(hi))},
-                                       partition_key=snapshot.isoformat())
-            context.log.info(f"customer features as of {snapshot}: audited and written, table version {version}")
-            df.unpersist()
-        _register(context, settings, FEATURES_KEY)
-        yield MaterializeResult(check_results=[result])
-
-    @asset(
-        key=TRAINING_KEY,
-        deps=[FEATURES_KEY, asset_key(HOLDINGS), asset_key(TRANSACTIONS)],
-        description=f"Customer features joined with labels per product: was the product taken up within "
-        f"{features.label_window_days} days after the snapshot (customers already holding it are not eligible).",
-        metadata={"dagster/column_schema": table_schema(training_schema),
-                  "dagster/table_name": lab_table(settings, TRAINING_KEY).name},
-        check_specs=[training_check],
-        **common,
-    )
-    def training_set_asset(context: AssetExecutionContext):
-        sources = read_sources(context, settings)
-        window = timedelta(days=features.label_window_days)
-        refuse_unfillable(TRAINING_KEY, observed_horizon(sources.transactions), _snapshots(context),
-                          lambda horizon, snapshot: None if horizon.completes_labels(snapshot, window.days) else
-                          f"the {window.days}-day label window ends {snapshot + window}; labels would be incomplete")
-        staged = {snapshot: labelled(_read_snapshots(context, settings, FEATURES_KEY, [snapshot]), sources.holdings,
-                                     snapshot, window, products).persist(StorageLevel.MEMORY_AND_DISK)
-                  for snapshot in _snapshots(context)}
-        result = yield from audited(context, TRAINING_KEY, training_schema, staged, settings)
-        for snapshot, rows in staged.items():
-            _write_snapshot(context, settings, TRAINING_KEY, rows, snapshot)
-            stats = {r["product_code"]: (r["rows"], r["rate"]) for r in rows.groupBy("product_code").agg(
-                F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate")).collect()}
-            context.add_asset_metadata({
-                "dagster/row_count": MetadataValue.int(sum(n for n, _ in stats.values())),
-                "rows_per_product": MetadataValue.json({p: n for p, (n, _) in sorted(stats.items())}),
-                "positive_rate_per_product": MetadataValue.json({p: round(r, 5)
-                                                                 for p, (_, r) in sorted(stats.items())}),
-            }, partition_key=snapshot.isoformat())
-            context.log.info(f"training set as of {snapshot}: audited and written")
-            rows.unpersist()
-        _register(context, settings, TRAINING_KEY)
-        yield MaterializeResult(metadata={"snapshots": MetadataValue.text(", ".join(context.partition_keys))},
-                                check_results=[result])
-
-    return [customer_features_asset, training_set_asset]
-
-
 def labelled(features: DataFrame, holdings: DataFrame, snapshot: date, window: timedelta, products: list[str]):
     """One row per eligible (customer, product): label 1 if opened within [snapshot, snapshot + window)."""
     start, end = F.lit(snapshot).cast("date"), F.lit(snapshot + window).cast("date")
@@ -185,3 +75,113 @@ def labelled(features: DataFrame, holdings: DataFrame, snapshot: date, window: t
     # `taken` is one window of openings: small enough to broadcast, so the exploded offers are not shuffled
     return offers(features, products).join(F.broadcast(taken), ["customer_id", "product_code"], "left").fillna(
         0, subset=["label"])
+
+
+def _persisted(frames: Staged) -> Staged:
+    return {snapshot: df.persist(StorageLevel.MEMORY_AND_DISK) for snapshot, df in frames.items()}
+
+
+def _publish(context: AssetExecutionContext, io: TableAccess, settings: Settings, key: AssetKey, model: Model,
+             staged: Staged, describe: Callable[[Staged], dict[str, dict]]) -> Generator:
+    """Audit every staged snapshot of `key`, then replace their partitions, each with its own metadata (`describe`:
+    per partition key, from the staged frames); the materialization carries the passing check."""
+    result = yield from audited(context.log, io, key, model, staged, settings)
+    metadata = describe(staged)
+    table = lab_table(settings, key)
+    for snapshot, df in staged.items():
+        version = table.write_partition(io, df, snapshot.isoformat())
+        context.add_asset_metadata({**metadata.get(snapshot.isoformat(), {}), "table_version": MetadataValue.int(version)},
+                                   asset_key=key, partition_key=snapshot.isoformat())
+        context.log.info(f"{key.to_user_string()} as of {snapshot}: audited and written, table version {version}")
+    table.register(io, comment=f"{key.to_user_string()}: lab asset, perishable",
+                   properties={"retention_days": settings.storage.retention_days,
+                               "dagster_asset": key.to_user_string()})
+    yield MaterializeResult(asset_key=key, check_results=[result],
+                            metadata={"snapshots": MetadataValue.text(", ".join(context.partition_keys))})
+
+
+def _specs(settings: Settings, feature_schema: Model, training_schema: Model) -> list[AssetSpec]:
+    retention = settings.storage.retention_days
+    common = dict(
+        group_name=GROUP,
+        freshness_policy=FreshnessPolicy.time_window(
+            fail_window=timedelta(days=retention), warn_window=timedelta(days=retention - 15)
+        ),
+        owners=["team:aiml"],
+        kinds={"spark", "delta"},
+        skippable=True,  # either key alone is a valid selection
+    )
+
+    def table_metadata(key: AssetKey, model: Model) -> dict:
+        return {"dagster/column_schema": table_schema(model), "dagster/table_name": lab_table(settings, key).name}
+
+    return [
+        AssetSpec(FEATURES_KEY, deps=[asset_key(name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES)],
+                  description="Per customer as of each snapshot: tenure, demographics, spend and recency over "
+                  "30/90/365 days, category shares, holdings, campaign contact; only from events strictly before "
+                  "the snapshot.", metadata=table_metadata(FEATURES_KEY, feature_schema), **common),
+        AssetSpec(TRAINING_KEY, deps=[FEATURES_KEY, asset_key(HOLDINGS), asset_key(TRANSACTIONS)],
+                  description=f"Customer features joined with labels per product: was the product taken up within "
+                  f"{settings.features.label_window_days} days after the snapshot (customers already holding it are "
+                  "not eligible).", metadata=table_metadata(TRAINING_KEY, training_schema), **common),
+    ]
+
+
+def lab_feature_assets(settings: Settings) -> list:
+    products = settings.products
+    window = timedelta(days=settings.features.label_window_days)
+    feature_schema, training_schema = customer_features_schema(products), training_set_schema(products)
+    audits: list[AssetCheckSpec] = [audit_spec(FEATURES_KEY, feature_schema, settings),
+                                    audit_spec(TRAINING_KEY, training_schema, settings)]
+
+    def refuse_unfillable_snapshots(selected, horizon: DataHorizon, snapshots: list[date]) -> None:
+        if FEATURES_KEY in selected:
+            refuse_unfillable(FEATURES_KEY, horizon, snapshots,
+                              lambda horizon, snapshot: None if horizon.fills_features(snapshot) else
+                              f"features as of {snapshot} would miss the events from {horizon.scoring_day} on")
+        if TRAINING_KEY in selected:
+            refuse_unfillable(TRAINING_KEY, horizon, snapshots,
+                              lambda horizon, snapshot: None if horizon.completes_labels(snapshot, window.days) else
+                              f"the {window.days}-day label window ends {snapshot + window}; labels would be "
+                              "incomplete")
+
+    @multi_asset(
+        name="lab_features",
+        specs=_specs(settings, feature_schema, training_schema),
+        check_specs=audits,
+        can_subset=True,
+        partitions_def=MonthlyPartitionsDefinition(start_date=settings.features.snapshot_start.isoformat()),
+        backfill_policy=BackfillPolicy.single_run(),
+    )
+    def lab_features(context: AssetExecutionContext, pyspark_step_launcher: StepLauncherParam, spark: SparkResource,
+                     catalog: Catalog, tables: DeltaTables, storage: Storage, audit: AuditLog):
+        refuse_unaudited(context, audits)
+        io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
+        snapshots, selected = [date.fromisoformat(key) for key in context.partition_keys], context.selected_asset_keys
+        sources = read_sources(spark, catalog, audit, settings)
+        horizon, spans = transaction_bounds(sources.transactions, snapshots)
+        refuse_unfillable_snapshots(selected, horizon, snapshots)  # before anything is computed or written
+
+        def described_features(staged: Staged) -> dict[str, dict]:
+            return {key: {**profile, "min_event_time_used": MetadataValue.text(str(spans[key][0])),
+                          "max_event_time_used": MetadataValue.text(str(spans[key][1]))}
+                    for key, profile in profile_by_partition(staged.values(), "snapshot_date").items()}
+
+        features = rows = {}
+        try:
+            if FEATURES_KEY in selected:
+                features = _persisted({snapshot: customer_features(sources, snapshot, products)
+                                       for snapshot in snapshots})
+                yield from _publish(context, io, settings, FEATURES_KEY, feature_schema, features, described_features)
+            else:  # the training set alone: from the features table as it is
+                features = {snapshot: lab_table(settings, FEATURES_KEY).read(io, [snapshot]) for snapshot in snapshots}
+            if TRAINING_KEY in selected:
+                rows = _persisted({snapshot: labelled(df, sources.holdings, snapshot, window, products)
+                                   for snapshot, df in features.items()})
+                yield from _publish(context, io, settings, TRAINING_KEY, training_schema, rows,
+                                    lambda staged: take_up_by_partition(staged.values(), "snapshot_date"))
+        finally:  # on a failed audit too: the session outlives the step locally
+            for df in [*features.values(), *rows.values()]:
+                df.unpersist()
+
+    return [lab_features]

@@ -7,24 +7,16 @@ caller hands in the source DataFrames, so the lab and prod scoring compute featu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from aiml_assets.sources.erased import Sources
 from aiml_assets.sources.schemas import CATEGORIES
 
 WINDOWS = (30, 90, 365)
 AGE_BANDS = ((18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-54"), (55, "55-64"), (65, "65-74"), (75, "75+"))
-
-
-@dataclass(frozen=True)
-class Sources:
-    customers: DataFrame
-    transactions: DataFrame
-    holdings: DataFrame
-    responses: DataFrame
 
 
 def _days_before(snapshot: Column, column: str) -> Column:

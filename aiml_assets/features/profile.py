@@ -4,6 +4,9 @@ Aggregates only: customer-level values stay in the data plane, never in Dagster'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import reduce
+
 from dagster import MetadataValue
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -18,8 +21,14 @@ def _numeric(df: DataFrame) -> list[str]:
     return [f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)]
 
 
-def profile_by_partition(df: DataFrame, partition_column: str) -> dict[str, dict]:
-    """Per partition (as its key): rows, null rate of every column and quantiles of numeric ones, in one Spark job."""
+def _union(frames: Iterable[DataFrame]) -> DataFrame:
+    return reduce(DataFrame.unionByName, frames)
+
+
+def profile_by_partition(frames: Iterable[DataFrame], partition_column: str) -> dict[str, dict]:
+    """Per partition (as its key) of `frames` (one or more partitions each): rows, null rate of every column and
+    quantiles of numeric ones, in one Spark job."""
+    df = _union(frames)
     numeric = [c for c in _numeric(df) if c != partition_column]
     columns = [c for c in df.columns if c != partition_column]
     aggregates = [F.count(F.lit(1)).alias("_rows")]
@@ -36,6 +45,19 @@ def profile_by_partition(df: DataFrame, partition_column: str) -> dict[str, dict
             "distribution_plot": MetadataValue.md(_plot(quantiles)),
         }
     return profiles
+
+
+def take_up_by_partition(frames: Iterable[DataFrame], partition_column: str) -> dict[str, dict]:
+    """Per partition (as its key) of training rows: rows, and rows and positive rate per product, in one Spark job."""
+    stats: dict[str, dict[str, tuple[int, float]]] = {}
+    for r in _union(frames).groupBy(partition_column, "product_code").agg(
+            F.count(F.lit(1)).alias("rows"), F.avg("label").alias("rate")).collect():
+        stats.setdefault(str(r[partition_column]), {})[r["product_code"]] = (r["rows"], r["rate"])
+    return {key: {
+        "dagster/row_count": MetadataValue.int(sum(n for n, _ in per_product.values())),
+        "rows_per_product": MetadataValue.json({p: n for p, (n, _) in sorted(per_product.items())}),
+        "positive_rate_per_product": MetadataValue.json({p: round(r, 5) for p, (_, r) in sorted(per_product.items())}),
+    } for key, per_product in stats.items()}
 
 
 def _distribution_table(quantiles: dict[str, list]) -> str:

@@ -19,13 +19,15 @@ from dagster import (
     SkipReason, sensor,
 )
 
-from aiml_assets.governance.audit import AuditLog, actor_of
-from aiml_assets.governance.lockdown import CHANGE_REQUEST_TAG
+from aiml_assets.governance.launch_signature import CHANGE_REQUEST_TAG
+from aiml_assets.resources.audit import AuditLog, actor_of
 from aiml_assets.settings import Settings
 
 MATERIALIZATION = "materialization"
 SENSOR_NAME = "audit_materializations"
 BATCH = 500
+
+
 def materializations_after(instance: DagsterInstance, after: int, limit: int = BATCH) -> list[EventLogRecord]:
     """The first `limit` materializations stored after storage id `after`, of every asset, oldest first."""
     changed = [record.asset_entry.asset_key for record in instance.get_asset_records()

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
+from aiml_assets.governance.launch_signature import REQUESTED_BY_TAG
 from aiml_assets.governance.registers import load_entries
 from aiml_assets.settings import DEPLOYMENTS_DIR, ENVIRONMENTS, _Strict
 
@@ -77,9 +78,9 @@ def refusal(grant: Grant, person: str, environment: str, now: datetime, grants: 
 def grant_refusal(grant_id: str, tags: dict[str, str], environment: str, now: datetime,
                   register: Path = REGISTER) -> tuple[Grant | None, str | None]:
     """The grant a run's tags name and why it does not allow the run (None if it does)."""
-    person = (tags.get("aiml/requested_by") or "").strip()
+    person = (tags.get(REQUESTED_BY_TAG) or "").strip()
     if (user := (tags.get("dagster/user") or "").strip()) and user != person:
-        return None, f"its dagster/user {user!r} is not its aiml/requested_by {person!r}"
+        return None, f"its dagster/user {user!r} is not its {REQUESTED_BY_TAG} {person!r}"
     grants = load_grants(register)
     grant = next((g for g in grants if g.id == grant_id), None)
     if grant is None:

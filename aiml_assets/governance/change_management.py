@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from dagster import ConfigurableResource
 from pydantic import Field
 
-CHANGE_REQUEST = re.compile(r"^CHG[0-9]{7}$")
+from aiml_assets.keys import CHANGE_REQUEST
+
 IMPLEMENT_STATE = "-1"  # ServiceNow's default change model: -1 = Implement
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # Table API values (sysparm_display_value=false) are UTC in this format
 RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a tag vX.Y.Z (prod) or branch-commit (UAT)

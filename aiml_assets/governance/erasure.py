@@ -27,23 +27,26 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dagster import Config, MetadataValue, job, op
+from dagster import Config, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field, field_validator
 from pyspark.sql import functions as F
 
-from aiml_assets.asset_tables import AssetTable, lab_table, scoring_table, table_name
-from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
-from aiml_assets.inference.assets import SCORES_KEY, SCORING_FEATURES_KEY
-from aiml_assets.inference.parallel_run import PARALLEL_RUN_KEY
-from aiml_assets.governance.audit import actor
-from aiml_assets.governance.erased import DIGESTS, ERASURE_REQUESTED, digest, erased_ids, erasure_key, held, without
+from aiml_assets.asset_tables import AssetTable, TableAccess, lab_table, scoring_table, table_name
 from aiml_assets.governance.retention import DELTA_LOG, delta_tables, destroy_noncurrent, scrub_history
+from aiml_assets.keys import (FEATURES_GROUP, FEATURES_KEY, INFERENCE_GROUP, MODEL_GROUP, PARALLEL_RUN_GROUP,
+                              PARALLEL_RUN_KEY, SCORES_KEY, SCORING_FEATURES_KEY, TRAINING_KEY, StepLauncherParam)
 from aiml_assets.models.training import registered_name
 from aiml_assets.publication.cdp import VERSIONS, cdp_name
 from aiml_assets.publication.protocol import MARKER, ROLE as PUBLICATION_ROLE
 from aiml_assets.quarantine import QUARANTINE_PREFIX, quarantine_role
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.resources.audit import AuditLog, actor_of
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.storage import Storage
+from aiml_assets.resources.tables import DeltaTables
+from aiml_assets.resources.tracking import MlflowResource
 from aiml_assets.settings import Settings
+from aiml_assets.sources.erased import DIGESTS, ERASURE_REQUESTED, digest, erased_ids, erasure_key, held, without
 
 ERASURE = "erasure"  # audit action, once the lab is rewritten
 ERASURE_JOB = "gdpr_erasure"
@@ -55,7 +58,8 @@ class ErasureIncomplete(RuntimeError):
 
 
 class ErasureRequest(Config):
-    request_id: str = Field(pattern=r"^[A-Z][A-Z0-9]*-[0-9A-Za-z-]+$")  # the privacy team's reference, e.g. DSR-2026-0042
+    # the privacy team's reference, e.g. DSR-2026-0042
+    request_id: str = Field(pattern=r"^[A-Z][A-Z0-9]*-[0-9A-Za-z-]+$")
     # HMAC-SHA256 of each customer id (`aiml digest`): run config stays in Dagster's run storage, so ids never go in it
     customer_digests: list[str] = Field(min_length=1)
 
@@ -68,11 +72,11 @@ class ErasureRequest(Config):
         return sorted(set(values))
 
 
-def models_trained_on(context, settings: Settings, digests: list[str], key: bytes, request_id: str) -> dict[str, str]:
+def models_trained_on(mlflow: MlflowResource, io: TableAccess, settings: Settings, digests: list[str], key: bytes,
+                      request_id: str) -> dict[str, str]:
     """Each registered model version whose pinned training rows held any of the customers -> "yes" (and tagged
     RETRAIN_TAG), or why that can no longer be told."""
-    client, catalog = context.resources.mlflow.client(), context.resources.catalog
-    spark = context.resources.spark.get_session()
+    client, catalog, spark = mlflow.client(), io.catalog, io.spark.get_session()
     holding: dict[tuple[str, str], set[tuple[str, str]] | str] = {}  # pinned table version -> (product, snapshot)s
     found = {}
     for product in settings.products:
@@ -91,7 +95,8 @@ def models_trained_on(context, settings: Settings, digests: list[str], key: byte
     return found
 
 
-def _held_by(catalog, spark, table: str, version: str, digests: list[str], key: bytes) -> set[tuple[str, str]] | str:
+def _held_by(catalog: Catalog, spark, table: str, version: str, digests: list[str],
+             key: bytes) -> set[tuple[str, str]] | str:
     """The (product, snapshot) partitions of `table` at Delta `version` holding any of the customers, or why that
     version cannot be read (past retention, or vacuumed by an earlier erasure)."""
     try:
@@ -106,11 +111,11 @@ def customer_tables(settings: Settings) -> list[AssetTable]:
     """The environment's tables with a row per customer: lab features and training sets, scoring features, scores
     and the UAT parallel run."""
     groups, tables = set(settings.asset_groups), []
-    if "lab_features" in groups:
+    if FEATURES_GROUP in groups:
         tables += [lab_table(settings, FEATURES_KEY), lab_table(settings, TRAINING_KEY)]
-    if "prod_inference" in groups:
+    if INFERENCE_GROUP in groups:
         tables += [scoring_table(settings, SCORING_FEATURES_KEY), scoring_table(settings, SCORES_KEY)]
-    if "uat_parallel_run" in groups:
+    if PARALLEL_RUN_GROUP in groups:
         tables.append(scoring_table(settings, PARALLEL_RUN_KEY))
     return tables
 
@@ -119,11 +124,11 @@ class StoredTable(AssetTable):
     """An unpartitioned table found in a bucket and read by its location: a quarantine, or a CDP version's table
     (immutable, but for an erasure, whose audit event lists it; locally no catalog name is its own)."""
 
-    def read(self, context, values=None):
-        return context.resources.tables.read(context.resources.spark.get_session(), self.location(context))
+    def read(self, io: TableAccess, values=None):
+        return io.tables.read(io.spark.get_session(), self.location(io))
 
 
-def quarantine_tables(settings: Settings, storage) -> list[StoredTable]:
+def quarantine_tables(settings: Settings, storage: Storage) -> list[StoredTable]:
     """The quarantine tables failing checks have written (quarantine.py): the offending rows, customers' among them;
     found in the bucket, so also one whose check was killed before naming it in the catalog."""
     role = quarantine_role(settings)
@@ -131,7 +136,7 @@ def quarantine_tables(settings: Settings, storage) -> list[StoredTable]:
             for k in sorted(delta_tables(storage.list(role, QUARANTINE_PREFIX)))]
 
 
-def published_versions(settings: Settings, storage) -> list[StoredTable]:
+def published_versions(settings: Settings, storage: Storage) -> list[StoredTable]:
     """Every table of every CDP version written (those a killed publisher left unclaimed too)."""
     if "cdp_publication" not in settings.asset_groups:
         return []
@@ -140,7 +145,7 @@ def published_versions(settings: Settings, storage) -> list[StoredTable]:
                         settings.publication.owner) for k in keys]
 
 
-def remove_unclaimed_attempts(settings: Settings, storage) -> int:
+def remove_unclaimed_attempts(settings: Settings, storage: Storage) -> int:
     """Delete what a publisher killed before its first commit left in the version folders: Parquet files no Delta log
     names (and so no rewrite above reached); returns how many objects went, their versions destroyed too."""
     if "cdp_publication" not in settings.asset_groups:
@@ -154,31 +159,32 @@ def remove_unclaimed_attempts(settings: Settings, storage) -> int:
     return len(stray)
 
 
-def erase_from_tables(context, settings: Settings, digests: list[str], key: bytes) -> dict[str, dict[str, int]]:
+def erase_from_tables(io: TableAccess, log, settings: Settings, digests: list[str],
+                      key: bytes) -> dict[str, dict[str, int]]:
     """Rewrite every partition of `customer_tables`, every quarantine table and every published CDP version holding
     the customers, then scrub the table's history; returns table -> partition ("all" for an unpartitioned table) ->
     rows removed."""
-    removed, storage = defaultdict(dict), context.resources.storage
-    named = [t for t in customer_tables(settings) if context.resources.catalog.exists(t.name)]
+    removed, storage = defaultdict(dict), io.storage
+    named = [t for t in customer_tables(settings) if io.catalog.exists(t.name)]
     for table in named + quarantine_tables(settings, storage) + published_versions(settings, storage):
         # the rewrite must not restart the retention clock of the partitions it rewrites
-        context.resources.tables.record_first_writes(table.location(context), run_id=context.run.run_id)
-        rows = table.read(context)
+        io.tables.record_first_writes(table.location(io), run_id=io.run_id)
+        rows = table.read(io)
         ids = erased_ids(rows, digests, key).localCheckpoint()
         column = table.partition_column
         hits = held(rows, ids).groupBy(*([column] if column else [])).count().collect()
         for partition, count in sorted((str(r[0]) if column else "all", r[-1]) for r in hits):
             if column:
-                table.write_partition(context, without(rows.filter(F.col(column) == partition), ids), partition)
+                table.write_partition(io, without(rows.filter(F.col(column) == partition), ids), partition)
             else:
-                table.overwrite(context, without(rows, ids))
+                table.overwrite(io, without(rows, ids))
             removed[table.name][partition] = count
-            context.log.info(f"{table.name} {partition}: {count} rows of erased customers removed")
+            log.info(f"{table.name} {partition}: {count} rows of erased customers removed")
         # whether or not the current version holds them: an earlier one may (a partition since recomputed)
-        context.resources.tables.vacuum(table.location(context), retain_hours=0)
+        io.tables.vacuum(table.location(io), retain_hours=0)
         for leftover in storage.list(table.role, f"{table.key}/_staging/"):  # a killed write's files: no log names them
             storage.delete(table.role, leftover.key)
-        scrub_history(storage, context.resources.tables, table.role, table.key)
+        scrub_history(storage, io.tables, table.role, table.key)
         left = log_naming(storage, table.role, table.key, digests, key)
         if left:
             raise ErasureIncomplete(f"{table.name}: after the rewrite and scrub, {len(left)} Delta log entries "
@@ -186,7 +192,7 @@ def erase_from_tables(context, settings: Settings, digests: list[str], key: byte
     return dict(removed)
 
 
-def log_naming(storage, role: str, table_key: str, digests: list[str], key: bytes) -> list[str]:
+def log_naming(storage: Storage, role: str, table_key: str, digests: list[str], key: bytes) -> list[str]:
     """The entries of a table's Delta log (commits, checkpoints and the statistics in them) holding any value
     whose digest is one of `digests`. Engine-independent: it reads what is in the bucket."""
     wanted, found = set(digests), []
@@ -219,18 +225,20 @@ def _strings(value):
 
 
 def erasure_job(settings: Settings):
-    resources = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
-    has_models = "model_versions" in settings.asset_groups
+    trains_models = MODEL_GROUP in settings.asset_groups
 
-    @op(required_resource_keys=resources | ({"mlflow"} if has_models else set()))
-    def erase_customers(context, config: ErasureRequest) -> None:
-        digests, audit = config.customer_digests, context.resources.audit
+    @op
+    def erase_customers(context: OpExecutionContext, config: ErasureRequest, pyspark_step_launcher: StepLauncherParam,
+                        spark: SparkResource, catalog: Catalog, tables: DeltaTables, storage: Storage, audit: AuditLog,
+                        mlflow: MlflowResource) -> None:  # mlflow: read only where the environment trains models
+        digests = config.customer_digests
         key = erasure_key(settings)  # before anything is recorded: a request that cannot be matched is refused
-        who = dict(actor=actor(context), environment=settings.environment, run_id=context.run.run_id)
+        who = dict(actor=actor_of(context.run.tags), environment=settings.environment, run_id=context.run.run_id)
         audit.record(ERASURE_REQUESTED, config.request_id, **who, details={DIGESTS: digests, "customers": len(digests)})
-        models = models_trained_on(context, settings, digests, key, config.request_id) if has_models else {}
-        removed = erase_from_tables(context, settings, digests, key)
-        remove_unclaimed_attempts(settings, context.resources.storage)
+        io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
+        models = models_trained_on(mlflow, io, settings, digests, key, config.request_id) if trains_models else {}
+        removed = erase_from_tables(io, context.log, settings, digests, key)
+        remove_unclaimed_attempts(settings, storage)
         audit.record(ERASURE, config.request_id, **who, details={
             "customers": len(digests), "rows_removed": removed, "models_trained_on_them": models})
         context.add_output_metadata({

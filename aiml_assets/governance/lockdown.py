@@ -18,12 +18,12 @@ from pathlib import Path
 from dagster import DagsterInstance, DagsterRun, Executor, ExecutorDefinition
 
 from aiml_assets.governance import break_glass
-from aiml_assets.governance.audit import AuditLog, actor_of
 from aiml_assets.governance.launch_provenance import claimed_instigator, tick_refusal
 from aiml_assets.governance.launch_signature import (CHANGE_REQUEST_TAG, CI_ORIGIN, REQUESTED_BY_TAG, SIGNATURE_TAG,
                                                      SIGNED_TAGS, signature_refusal, signing_key)
 from aiml_assets.governance.registers import RegisterError
 from aiml_assets.provenance import shipped_release
+from aiml_assets.resources.audit import AUDIT_ROLE, AuditLog, actor_of
 from aiml_assets.resources.storage import Storage
 from aiml_assets.settings import LockdownSettings
 
@@ -173,9 +173,9 @@ class _GuardedExecutor(Executor):
         signature = run.tags[SIGNATURE_TAG]
         key = f"{SIGNATURE_LEDGER}/{self._environment}/{signature}"
         try:
-            if self._storage.create("audit", key, run.run_id.encode()):
+            if self._storage.create(AUDIT_ROLE, key, run.run_id.encode()):
                 return verdict
-            first = self._storage.get("audit", key).decode()
+            first = self._storage.get(AUDIT_ROLE, key).decode()
         except Exception as exc:  # noqa: BLE001 (no record of first use, no run)
             return Verdict(f"its first use could not be recorded: {type(exc).__name__}: {exc}", verdict.origin,
                            verdict.change_request)

@@ -14,9 +14,11 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, model_validator
+from pyspark.sql import DataFrame, SparkSession
 
-from aiml_assets.governance.audit import actor as current_actor
 from aiml_assets.governance.registers import RegisterError, load_entries
+from aiml_assets.keys import CHANGE_REQUEST
+from aiml_assets.resources.audit import AuditLog, actor_of
 from aiml_assets.settings import DEPLOYMENTS_DIR, ENVIRONMENTS, _Strict
 
 REGISTER = DEPLOYMENTS_DIR / "governance" / "raw_bucket_exceptions.yaml"
@@ -43,7 +45,7 @@ class RawBucketException(_Strict):
     environments: list[Literal[ENVIRONMENTS]] = Field(min_length=1)
     purpose: str = Field(pattern=r"\S")
     requested_by: str = Field(pattern=r"\S")
-    change_request: str = Field(pattern=r"^CHG[0-9]{7}$")
+    change_request: str = Field(pattern=CHANGE_REQUEST.pattern)
     approvals: list[Approval]  # authorise refuses the entry until both the CTO and the CDAO have approved it
     expires: date
 
@@ -98,12 +100,13 @@ def authorise(uri: str, *, environment: str, today: date, register: Path = REGIS
                            + "; ".join(f"{entry.id} ({entry.uri_prefix}): {reason}" for entry, reason in reasons))
 
 
-def read_raw(spark, uri: str, *, environment: str, audit=None, actor: str | None = None, run_id: str | None = None,
-             today: date | None = None, format: str = "parquet", register: Path = REGISTER):
+def read_raw(spark: SparkSession, uri: str, *, environment: str, audit: AuditLog | None = None,
+             actor: str | None = None, run_id: str | None = None, today: date | None = None, format: str = "parquet",
+             register: Path = REGISTER) -> DataFrame:
     """The DataFrame at `uri`, read only once `authorise` allowed it and the audit log (if given) recorded that."""
     def note(action: str, **fields) -> None:
         if audit is not None:
-            audit.record(action, uri, actor=actor or current_actor(), environment=environment, run_id=run_id, **fields)
+            audit.record(action, uri, actor=actor or actor_of({}), environment=environment, run_id=run_id, **fields)
 
     try:
         entry = authorise(uri, environment=environment, register=register,

@@ -5,23 +5,29 @@ how far apart they are (score shift per product, rank agreement). UAT never publ
 from datetime import datetime, timezone
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MetadataValue, asset
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.asset_tables import scoring_table
-from aiml_assets.inference.assets import (
-    DEPLOYED_MODEL_KEY, MODEL_RESOURCES, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
-)
+from aiml_assets.asset_tables import TableAccess, scoring_table
+from aiml_assets.inference.assets import deployed, scoring_day, scoring_partitions
 from aiml_assets.inference.deployment import CHALLENGER, CHAMPION, load_all, scored_products
 from aiml_assets.inference.schemas import parallel_run_schema
 from aiml_assets.inference.scoring import score_customers
+from aiml_assets.inference.step_checks import materialized
+from aiml_assets.keys import (
+    DEPLOYED_MODEL_KEY, PARALLEL_RUN_GROUP as GROUP, PARALLEL_RUN_KEY, SCORING_FEATURES_KEY, StepLauncherParam,
+)
 from aiml_assets.models.reference_profile import psi
-from aiml_assets.quality import pandera_check, table_schema
+from aiml_assets.quality import schema_check, schema_check_spec, table_schema
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.nexus import NexusRepository
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.storage import Storage
+from aiml_assets.resources.tables import DeltaTables
 from aiml_assets.settings import Settings
 
-GROUP = "uat_parallel_run"
-PARALLEL_RUN_KEY = AssetKey(["uat", "parallel_run_report"])
 DECILES = [i / 10 for i in range(1, 10)]
 
 
@@ -60,6 +66,17 @@ def score_shift(side_by_side: DataFrame) -> pd.DataFrame:
     return frame.assign(score_psi=pd.Series(shifts)).round(5)
 
 
+def comparison(report: DataFrame, without_challenger: list[str]) -> dict:
+    """The parallel run's metadata: score shift per product, and how often the customer's best product agrees."""
+    best = report.filter((F.col("champion_rank") == 1) | (F.col("challenger_rank") == 1)).groupBy("customer_id").agg(
+        F.max(F.when(F.col("champion_rank") == 1, F.col("product_code"))).alias("a"),
+        F.max(F.when(F.col("challenger_rank") == 1, F.col("product_code"))).alias("b"))
+    agreement = best.agg(F.avg((F.col("a") == F.col("b")).cast("double"))).first()[0] or 0.0
+    return {"score_shift_per_product": MetadataValue.md(score_shift(report).to_markdown()),
+            "best_product_agreement": MetadataValue.float(round(float(agreement), 5)),
+            "products_without_challenger": MetadataValue.json(without_challenger)}
+
+
 def parallel_run_assets(settings: Settings) -> list:
     products, daily = settings.products, scoring_partitions(settings)
     features_table = scoring_table(settings, SCORING_FEATURES_KEY)
@@ -73,39 +90,37 @@ def parallel_run_assets(settings: Settings) -> list:
         "of customers whose best product is the same. A product without a challenger compares its champion with "
         "itself.",
         metadata={"dagster/column_schema": table_schema(schema), "dagster/table_name": report_table.name},
-        required_resource_keys=MODEL_RESOURCES,
+        check_specs=[schema_check_spec(PARALLEL_RUN_KEY, schema, settings)],
     )
-    def parallel_run_report(context: AssetExecutionContext) -> MaterializeResult:
-        day = scoring_day(context)
-        deployments = deployed(context, settings)
+    def parallel_run_report(context: AssetExecutionContext, pyspark_step_launcher: StepLauncherParam,
+                            spark: SparkResource, catalog: Catalog, tables: DeltaTables, storage: Storage,
+                            nexus: NexusRepository):
+        io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
+        day = scoring_day(context.partition_key)
+        deployments = deployed(io, settings, day)
         entries = {(d.product_code, d.model_role): d for d in deployments}
-        features = features_table.read(context, [day])
+        features = features_table.read(io, [day])
         now = datetime.now(timezone.utc)
-        models = load_all(context.resources.nexus, list(entries.values()))
+        models = load_all(nexus, list(entries.values()))
         sides = []
         deployed_products = scored_products(deployments, products)
         for role in (CHAMPION, CHALLENGER):  # a product without a challenger faces its champion
             chosen = {(p, CHAMPION): models.get((p, role), models[(p, CHAMPION)]) for p in deployed_products}
             sides.append(_side(score_customers(features, chosen, 0.0, now), role))
         side_by_side = sides[0].join(sides[1], ["customer_id", "snapshot_date", "product_code"])
-        version = report_table.write_partition(context, side_by_side.select(*schema.columns), day.isoformat())
-        report_table.register(context, comment="UAT parallel run: champion and challenger scores side by side",
+        version = report_table.write_partition(io, side_by_side.select(*schema.columns), context.partition_key)
+        report_table.register(io, comment="UAT parallel run: champion and challenger scores side by side",
                               properties={"dagster_asset": PARALLEL_RUN_KEY.to_user_string()})
-        written = report_table.read(context, [day])
-        shift = score_shift(written)
-        best = written.filter((F.col("champion_rank") == 1) | (F.col("challenger_rank") == 1)).groupBy(
-            "customer_id").agg(F.max(F.when(F.col("champion_rank") == 1, F.col("product_code"))).alias("a"),
-                               F.max(F.when(F.col("challenger_rank") == 1, F.col("product_code"))).alias("b"))
-        agreement = best.agg(F.avg((F.col("a") == F.col("b")).cast("double"))).first()[0] or 0.0
-        without = [p for p in deployed_products if (p, CHALLENGER) not in entries]
-        context.log.info(f"parallel run {day}: best product agrees for {agreement:.1%} of customers")
-        return MaterializeResult(metadata={
-            "score_shift_per_product": MetadataValue.md(shift.to_markdown()),
-            "best_product_agreement": MetadataValue.float(round(float(agreement), 5)),
-            "products_without_challenger": MetadataValue.json(without),
-            "table_version": MetadataValue.int(version),
-        })
+        written = report_table.read(io, [day]).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            result = schema_check(context.log, io, PARALLEL_RUN_KEY, schema, written, settings, context.partition_key)
+            metadata = {"dagster/row_count": result.metadata["rows"], "table_version": MetadataValue.int(version)}
+            if result.passed:
+                metadata |= comparison(written, [p for p in deployed_products if (p, CHALLENGER) not in entries])
+                context.log.info(f"parallel run {day}: best product agrees for "
+                                 f"{metadata['best_product_agreement'].value:.1%} of customers")
+        finally:
+            written.unpersist()
+        yield from materialized(PARALLEL_RUN_KEY, metadata, [result])
 
-    check = pandera_check(PARALLEL_RUN_KEY, schema, lambda context: report_table.read(context, [scoring_day(context)]),
-                          MODEL_RESOURCES, partitions_def=daily, settings=settings)
-    return [parallel_run_report, check]
+    return [parallel_run_report]

@@ -10,25 +10,25 @@ Run as the `promote_model` job, by CI or `aiml promote --product P --version N -
 """
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Literal
 
 from dagster import Config, Failure, JobDefinition, OpExecutionContext, Output, job, op
 from mlflow.exceptions import MlflowException
 
-from aiml_assets.governance.audit import PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED, actor
+from aiml_assets.keys import CHANGE_REQUEST
+from aiml_assets.resources.audit import (
+    PROMOTION, PROMOTION_FAILED, PROMOTION_REFUSED, PROMOTION_STARTED, AuditLog, actor_of,
+)
 from aiml_assets.models.binary import nexus_paths
 from aiml_assets.models.registry import CHAMPION, GATE_TAG, alias_version
 from aiml_assets.models.training import registered_name
-from aiml_assets.resources.nexus import NexusError, read_metadata
+from aiml_assets.resources.nexus import NexusError, NexusRepository, read_metadata
 from aiml_assets.resources.release_manifest import Manifest, ReleaseManifest, release_manifest_for
+from aiml_assets.resources.tracking import MlflowResource
 from aiml_assets.settings import ProductRelease, ReleaseEntry, Settings
 
 JOB_NAME = "promote_model"
-# ServiceNow change numbers, the same rule as the prod deploy gate (deployments/gitlab/check_change_request.py)
-CHANGE_REQUEST = re.compile(r"^CHG[0-9]{7}$")
-PROMOTION_RESOURCES = {"mlflow", "nexus", "audit", "release_manifest"}
 
 
 class PromotionRefused(Exception):
@@ -53,9 +53,10 @@ def check_change_request(change_request: str) -> str:
     return value
 
 
-def verified_entry(context: OpExecutionContext, name: str, version: int, change_request: str) -> ReleaseEntry:
+def verified_entry(mlflow: MlflowResource, nexus: NexusRepository, name: str, version: int,
+                   change_request: str) -> ReleaseEntry:
     """The release entry of a registered, gate-passed version whose binary is in Nexus and matches its sha256."""
-    client = context.resources.mlflow.client()
+    client = mlflow.client()
     try:
         model_version = client.get_model_version(name, str(version))
     except MlflowException as exc:
@@ -63,7 +64,7 @@ def verified_entry(context: OpExecutionContext, name: str, version: int, change_
     gate = model_version.tags.get(GATE_TAG)
     if gate != "passed":
         raise PromotionRefused(f"{name} version {version} has not passed the validation gate ({GATE_TAG}={gate!r})")
-    nexus, paths = context.resources.nexus, nexus_paths(name, version)
+    paths = nexus_paths(name, version)
     try:
         sha256 = hashlib.sha256(nexus.fetch(paths.model)).hexdigest()  # fetch verifies the bytes against the sidecar
         document = nexus.fetch(paths.metadata)
@@ -125,15 +126,17 @@ def promotion_resources(settings: Settings, resources_dir: str | Path | None = N
     code location (the CLI, tests); `resources_dir` points the manifests at other env files."""
     from aiml_assets.resources.per_environment import build_resources
 
-    bound = {key: value for key, value in build_resources(settings).items() if key in PROMOTION_RESOURCES}
+    needed = _promote_op(settings).required_resource_keys  # what the op's signature asks for
+    bound = {key: value for key, value in build_resources(settings).items() if key in needed}
     if resources_dir is not None:
         bound["release_manifest"] = ReleaseManifest(resources_dir=str(resources_dir))
     return bound
 
 
-def _apply(context, name: str, entry: ReleaseEntry, moves_champion: bool, manifests: ReleaseManifest, plan) -> None:
+def _apply(mlflow: MlflowResource, name: str, entry: ReleaseEntry, moves_champion: bool, manifests: ReleaseManifest,
+           plan) -> None:
     """Move the champion alias (prod) and write the manifests, or neither: if the write fails, the alias goes back."""
-    client = context.resources.mlflow.client()
+    client = mlflow.client()
     previous = alias_version(client, name, CHAMPION) if moves_champion else None
     if moves_champion:
         client.set_registered_model_alias(name, CHAMPION, str(entry.version))
@@ -148,19 +151,17 @@ def _apply(context, name: str, entry: ReleaseEntry, moves_champion: bool, manife
         raise
 
 
-def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefinition:
-    """The `promote_model` job of the environment whose registry holds the versions (`settings`). In the code
-    location its resources are the Definitions'; run alone, pass `promotion_resources(settings)`."""
-
-    @op(required_resource_keys=PROMOTION_RESOURCES,
-        description="Checks the change request, the gate tag and the Nexus binary, then writes the release manifest "
+def _promote_op(settings: Settings):
+    @op(description="Checks the change request, the gate tag and the Nexus binary, then writes the release manifest "
         "(and for prod the champion alias) and an audit entry; a refusal changes nothing and is audited too.")
-    def promote(context: OpExecutionContext, config: PromotionConfig) -> Output:
-        audit, manifests = context.resources.audit, context.resources.release_manifest
+    def promote(context: OpExecutionContext, config: PromotionConfig, mlflow: MlflowResource,
+                nexus: NexusRepository, audit: AuditLog, release_manifest: ReleaseManifest) -> Output:
+        manifests = release_manifest
         audit.verify()  # a broken audit log stops the promotion before anything changes
         name = registered_name(settings.catalog.aiml_catalog, config.product)
-        event = dict(subject=f"models:/{name}/{config.version}", actor=actor(context), environment=config.target,
-                     run_id=context.run_id, change_request=config.change_request.strip() or None)
+        event = dict(subject=f"models:/{name}/{config.version}", actor=actor_of(context.run.tags),
+                     environment=config.target, run_id=context.run_id,
+                     change_request=config.change_request.strip() or None)
         details = {"product": config.product, "name": name, "version": config.version, "target": config.target,
                    "role": config.role, "registry_environment": settings.environment}
         moves_champion = config.target == "prod" and config.role == "champion"
@@ -169,14 +170,14 @@ def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefin
             if config.product not in settings.products:
                 raise PromotionRefused(f"{config.product!r} is not a product of {settings.environment}")
             with manifests.locked():
-                entry = verified_entry(context, name, config.version, change_request)
+                entry = verified_entry(mlflow, nexus, name, config.version, change_request)
                 plan = (plan_prod(manifests, config.product, entry, config.role) if config.target == "prod"
                         else plan_uat(manifests, config.product, entry))
                 previous = manifests.read(config.target).get(config.product, ProductRelease())
                 manifests.check(plan)
                 audit.record(PROMOTION_STARTED, **event, details={**details, "sha256": entry.sha256})
                 try:
-                    _apply(context, name, entry, moves_champion, manifests, plan)
+                    _apply(mlflow, name, entry, moves_champion, manifests, plan)
                 except Exception as exc:
                     audit.record(PROMOTION_FAILED, **event, details={**details, "error": f"{type(exc).__name__}: {exc}"})
                     raise
@@ -190,6 +191,14 @@ def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefin
         context.log.info(f"{name} version {entry.version} is now {config.target}'s {slot} "
                          f"(sha256 {entry.sha256}, change request {change_request})")
         return Output(entry.model_dump(), metadata={**entry.model_dump(), "target": config.target, "slot": slot})
+
+    return promote
+
+
+def promotion_job(settings: Settings, resources: dict | None = None) -> JobDefinition:
+    """The `promote_model` job of the environment whose registry holds the versions (`settings`). In the code
+    location its resources are the Definitions'; run alone, pass `promotion_resources(settings)`."""
+    promote = _promote_op(settings)
 
     @job(name=JOB_NAME, resource_defs=resources,
          description="Promote a gated model version to UAT or (through UAT) to prod under a change request.")

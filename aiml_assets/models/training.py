@@ -1,7 +1,7 @@
 """Training and evaluation of one product's propensity model, independent of Dagster.
 
-`models/propensity_model` collects one product's training rows to pandas: that is bounded, one row per eligible
-customer per snapshot, so it fits on the driver for the sizes we run today.
+`train` runs on the executors, one product's rows per call (`family.train_family`): it and what it calls use nothing
+of `aiml_assets` beyond this module and `reference_profile` (both are shipped to the workers by value).
 """
 
 from __future__ import annotations
@@ -155,16 +155,18 @@ def anonymous_example(x: pd.DataFrame) -> pd.DataFrame:
 
 
 def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, product: str, tags: dict[str, str],
-                     plots: dict[str, bytes] | None = None, importance: dict[str, float] | None = None):
+                     plots: dict[str, bytes] | None = None, importance: dict[str, float] | None = None,
+                     example: pd.DataFrame | None = None):
     """One MLflow run: params, metrics, signature + input example, tags, plots; registers and returns
-    (run_id, version). The version is the one registration returned, never "the latest".
+    (run_id, version). The version is the one registration returned, never "the latest". `example` is the
+    anonymous input example (default: made from `trained.validation`, which then needs its feature columns).
 
     A store failing part way (locked, down) must leave nothing that looks complete: the run carries its tags from
     its first write, so an abandoned one can be found (`registry.end_abandoned_runs`); the version is created
     with the run's tags in one write, so the registry alone says where it came from; and the run names its
     version (`VERSION_TAG`) last, so only a run that finished names one (`registry.version_registered_by`).
     """
-    example = anonymous_example(prepare(trained.validation))
+    example = anonymous_example(prepare(trained.validation)) if example is None else example
     signature = infer_signature(example, trained.model.predict_proba(example)[:, 1])
     all_tags = {**tags, "git_commit": git_commit(), "train_snapshots": ",".join(trained.train_snapshots),
                 "validation_snapshot": trained.validation_snapshot, "product": product}

@@ -4,34 +4,38 @@ Write: the scores become a new immutable Delta table in the publication bucket, 
 content, so the same scores always make the same version, written once. Audit: the great-expectations suite and
 the pandera schema run on that table. Publish: only if both pass, the catalog name switches to it in one
 compare-and-swap step, with owner, classification, contract version and tenant grants. A failed audit leaves the
-published version in place. The exactly-once protocol (races, kills) is `publication/protocol.py`.
+published version in place. After the switch, the same step checks what tenants read by name against the pandera
+schema (`NbaPropensity_schema`, blocking). The exactly-once protocol (races, kills) is `publication/protocol.py`.
 """
 
 
 import hashlib
 
-from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.asset_tables import scoring_table
+from aiml_assets.asset_tables import TableAccess, scoring_table
 from aiml_assets.features.customer_features import offers
-from aiml_assets.governance.audit import actor
-from aiml_assets.inference.assets import (
-    DEPLOYED_MODEL_KEY, GROUP, SCORES_KEY, SCORING_FEATURES_KEY, deployed, scoring_day, scoring_partitions,
-)
+from aiml_assets.inference.assets import deployed, scoring_day, scoring_partitions
 from aiml_assets.inference.deployment import scored_products
 from aiml_assets.inference.schemas import nba_propensity_schema
+from aiml_assets.inference.step_checks import materialized
+from aiml_assets.keys import (
+    CDP_KEY, DEPLOYED_MODEL_KEY, INFERENCE_GROUP as GROUP, SCORES_KEY, SCORING_FEATURES_KEY, StepLauncherParam,
+)
 from aiml_assets.publication.contract import CONTRACT, contract_version
 from aiml_assets.publication.expectations import run_publish_gate
 from aiml_assets.publication.protocol import Candidate, GateRefused, publish_once
-from aiml_assets.quality import pandera_check, table_schema, validate
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.quality import schema_check, schema_check_spec, table_schema, validate
+from aiml_assets.resources.audit import AuditLog, actor_of
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.storage import Storage
+from aiml_assets.resources.tables import DeltaTables
 from aiml_assets.settings import Settings, aiml_home
 
-CDP_KEY = AssetKey(["cdp", "nba_propensity"])
 VERSIONS = "cdp/nba_propensity/versions/"  # each version's folder in the publication bucket
-RESOURCES = {STEP_LAUNCHER_KEY, "spark", "catalog", "tables", "storage", "audit"}
 
 
 def cdp_name(settings: Settings) -> str:
@@ -70,16 +74,18 @@ def cdp_assets(settings: Settings) -> list:
         "by name only).",
         metadata={"dagster/column_schema": table_schema(schema), "dagster/table_name": name,
                   "contract": MetadataValue.path(f"aiml_assets/publication/{CONTRACT.name}")},
-        required_resource_keys=RESOURCES,
+        check_specs=[schema_check_spec(CDP_KEY, schema, settings)],  # on what tenants read, after the switch
     )
-    def nba_propensity(context: AssetExecutionContext) -> MaterializeResult:
-        day = scoring_day(context).isoformat()
-        catalog, tables, contract = context.resources.catalog, context.resources.tables, contract_version()
-        spark = context.resources.spark.get_session()
+    def nba_propensity(context: AssetExecutionContext, pyspark_step_launcher: StepLauncherParam,
+                       spark: SparkResource, catalog: Catalog, tables: DeltaTables, storage: Storage,
+                       audit: AuditLog):
+        io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
+        day, contract = scoring_day(context.partition_key).isoformat(), contract_version()
+        session = spark.get_session()
         # one pinned snapshot of the scores for the fingerprint and the write: a rerun of the scores meanwhile
         # cannot make the version's id describe other rows
         pinned = catalog.version(scores_table.name)
-        scores = catalog.read(spark, scores_table.name, pinned).filter(F.col("snapshot_date") == day)
+        scores = catalog.read(session, scores_table.name, pinned).filter(F.col("snapshot_date") == day)
         version_id, rows = content_version(scores, day, contract)
         described = {"cdp_version": MetadataValue.text(version_id), "snapshot_date": MetadataValue.text(day),
                      "contract_version": MetadataValue.text(contract), "dagster/row_count": MetadataValue.int(rows),
@@ -89,10 +95,10 @@ def cdp_assets(settings: Settings) -> list:
         gate_runs = []
 
         def gate(location: str) -> list[str]:
-            staged = tables.read(spark, location)
+            staged = tables.read(session, location)
             # the row count expected, from the features and the products deployed that day, not from the scores
-            scored = scored_products(deployed(context, settings), settings.products)
-            expected = offers(features_table.read(context, [day]), scored).count()
+            scored = scored_products(deployed(io, settings, scoring_day(day)), settings.products)
+            expected = offers(features_table.read(io, [day]), scored).count()
             gate_runs.append(run_publish_gate(staged, columns=list(schema.columns), products=scored,
                                               expected_rows=expected, project_root=aiml_home(),
                                               run_name=f"{day}-{version_id}"))
@@ -117,10 +123,10 @@ def cdp_assets(settings: Settings) -> list:
                         "contract_version": contract, "dagster_asset": CDP_KEY.to_user_string(), "rows": rows,
                         "source": f"{scores_table.name}@v{pinned}"})
         try:
-            outcome = publish_once(candidate, catalog=catalog, audit=context.resources.audit,
-                                   storage=context.resources.storage, write=write, gate=gate, switch=switch,
-                                   event=dict(actor=actor(context), environment=settings.environment,
-                                              run_id=context.run.run_id))
+            outcome = publish_once(candidate, catalog=catalog, audit=audit, storage=storage, write=write, gate=gate,
+                                   switch=switch, event=dict(actor=actor_of(context.run.tags),
+                                                             environment=settings.environment,
+                                                             run_id=context.run.run_id))
         except GateRefused as refused:
             raise Failure(
                 description=f"{CDP_KEY.to_user_string()} {day}: version {version_id} failed the publish gate; "
@@ -130,18 +136,18 @@ def cdp_assets(settings: Settings) -> list:
                 allow_retries=False,
             ) from None
         docs = {"data_docs": MetadataValue.url(gate_runs[-1].data_docs)} if gate_runs else {}
-        if not outcome.published:
+        # what tenants read by name now, whichever version that is
+        served = schema_check(context.log, io, CDP_KEY, schema, catalog.read(session, name), settings,
+                              context.partition_key)
+        if outcome.published:
+            context.log.info(f"{name}: now serves version {version_id} ({day}, {rows} rows); replaced "
+                             f"{outcome.replaced or 'nothing'}")
+            described |= {"published": MetadataValue.bool(True), "location": MetadataValue.path(outcome.location),
+                          "replaced_version": MetadataValue.text(outcome.replaced or "none")}
+        else:
             context.log.info(f"{name}: {day}: version {version_id} not published: {outcome.reason}")
-            return MaterializeResult(metadata={**described, **docs, "published": MetadataValue.bool(False),
-                                               "reason": MetadataValue.text(outcome.reason),
-                                               "repaired_audit_event": MetadataValue.bool(outcome.repaired)})
-        context.log.info(f"{name}: now serves version {version_id} ({day}, {rows} rows); replaced "
-                         f"{outcome.replaced or 'nothing'}")
-        return MaterializeResult(metadata={**described, **docs, "published": MetadataValue.bool(True),
-                                           "location": MetadataValue.path(outcome.location),
-                                           "replaced_version": MetadataValue.text(outcome.replaced or "none")})
+            described |= {"published": MetadataValue.bool(False), "reason": MetadataValue.text(outcome.reason),
+                          "repaired_audit_event": MetadataValue.bool(outcome.repaired)}
+        yield from materialized(CDP_KEY, {**described, **docs}, [served])
 
-    published_check = pandera_check(
-        CDP_KEY, schema, lambda context: context.resources.catalog.read(context.resources.spark.get_session(), name),
-        {"spark", "catalog"}, partitions_def=daily, settings=settings)
-    return [nba_propensity, published_check]
+    return [nba_propensity]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
-from aiml_assets.governance.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLICATION_STARTED, AuditLog
+from aiml_assets.resources.audit import PUBLICATION, PUBLICATION_REFUSED, PUBLICATION_STARTED, AuditLog
 from aiml_assets.resources.catalog import Catalog, PublicationConflict
 from aiml_assets.resources.storage import Storage
 

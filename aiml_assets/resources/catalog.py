@@ -14,7 +14,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pyspark.sql import DataFrame, SparkSession
 
-from aiml_assets.governance.egress import EgressRefused
+from aiml_assets.resources.egress import EgressRefused
 from aiml_assets.resources.tables import DeltaRsTables
 from aiml_assets.sql_identifiers import location_literal, quoted_name, quoted_principal, string_literal
 

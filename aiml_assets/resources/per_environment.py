@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dagster import EnvVar, ResourceDefinition
 
-from aiml_assets.governance.audit import AuditLog
-from aiml_assets.governance.egress import readable_catalogs, writable_catalogs
+from aiml_assets.keys import STEP_LAUNCHER_KEY
+from aiml_assets.resources.audit import AuditLog
+from aiml_assets.resources.egress import readable_catalogs, writable_catalogs
 from aiml_assets.resources.catalog import LocalCatalog, UnityCatalog
 from aiml_assets.resources.nexus import HttpNexus, LocalNexus
 from aiml_assets.resources.release_manifest import release_manifest_for
@@ -16,7 +17,6 @@ from aiml_assets.resources.tables import DeltaRsTables, SparkDeltaTables
 from aiml_assets.resources.tracking import MlflowResource
 from aiml_assets.settings import Settings, aiml_home
 
-STEP_LAUNCHER_KEY = "pyspark_step_launcher"
 
 
 def build_resources(settings: Settings) -> dict:

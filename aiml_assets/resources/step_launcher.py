@@ -2,24 +2,33 @@
 
 Each step is shipped to the workspace as a code bundle and re-imported there, so the bundle carries what the
 code location needs to load (the package, the env files, the cluster specs), the cluster installs the project's
-pinned runtime libraries, and `AIML_ENV` is forwarded so the remote process picks the same environment.
+pinned runtime libraries, and `AIML_ENV` is forwarded so the remote process picks the same environment. Each step
+is a one-time run on a new job cluster whose driver and workers come from the environment's instance pool;
+`databricks_runs` counts them for a job.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import shutil
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster import ResourceDefinition, resource
+from dagster import AssetsDefinition, JobDefinition, ResourceDefinition, resource
 from packaging.requirements import Requirement
 from dagster_databricks import databricks_pyspark_step_launcher
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
+from aiml_assets.keys import STEP_LAUNCHER_KEY
 from aiml_assets.provenance import COMMIT_ENV_VAR, git_commit
 from aiml_assets.settings import DEPLOYMENTS_DIR, PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 # What the remote process needs to import the code location; never the virtualenv, tests or local state.
 # requirements.lock: the Nexus content rules pin model requirements to it on the cluster too
@@ -42,7 +51,26 @@ def runtime_libraries() -> list[dict]:
 
 
 def cluster_spec(settings: Settings) -> dict:
-    return json.loads((DEPLOYMENTS_DIR / "databricks" / settings.databricks.cluster_spec).read_text())
+    """The environment's cluster spec file on the environment's instance pool (`databricks.instance_pool_id`), which
+    also decides the node type and AWS availability: a pool-backed cluster sets neither."""
+    path = DEPLOYMENTS_DIR / "databricks" / settings.databricks.cluster_spec
+    spec = json.loads(path.read_text())
+    if "nodes" in spec:
+        raise ValueError(f"{path}: sets nodes; the environment's instance pool decides them "
+                         "(databricks.instance_pool_id)")
+    return {**spec, "nodes": {"instance_pool_id": settings.databricks.instance_pool_id}}
+
+
+def with_driver_pool(run_config: dict) -> dict:
+    """`run_config` with the driver on the workers' pool too (Databricks takes a pool for both or neither).
+
+    dagster-databricks' config schema accepts only one of `nodes.instance_pool_id` and
+    `nodes.driver_instance_pool_id` (a selector), while its request builder sends both when both are there: the
+    driver's pool is added after the config is validated."""
+    run_config = copy.deepcopy(run_config)
+    nodes = run_config["cluster"]["new"]["nodes"]
+    nodes["driver_instance_pool_id"] = nodes["instance_pool_id"]
+    return run_config
 
 
 def launcher_config(settings: Settings) -> dict:
@@ -88,6 +116,7 @@ def databricks_step_launcher(settings: Settings) -> ResourceDefinition:
     )
     def bundled_step_launcher(context):
         config = dict(context.resource_config)
+        config["run_config"] = with_driver_pool(config["run_config"])
         # The remote step rebuilds this resource from the same config, so it needs the host's env var too (the
         # host is not a secret; credentials come from the cluster's service principal).
         config["env_variables"] = {**config["env_variables"], host_env_var: config["databricks_host"],
@@ -97,3 +126,31 @@ def databricks_step_launcher(settings: Settings) -> ResourceDefinition:
             yield DatabricksPySparkStepLauncher(**config)
 
     return bundled_step_launcher.configured(launcher_config(settings))
+
+
+def databricks_runs(job: JobDefinition, partitions: int = 1) -> dict[str, int]:
+    """How many Databricks one-time runs, each on a new job cluster, a run of `job` over `partitions` partitions
+    starts, per step: every step that requires the step launcher, once per partition unless its assets are
+    unpartitioned or backfill a range in one run (single-run backfill policy). Steps without the launcher run on
+    the orchestrator and start none."""
+    layer = job.asset_layer
+    runs = {}
+    for handle in job.graph.get_op_handles(None):
+        if STEP_LAUNCHER_KEY not in job.graph.get_node(handle).definition.required_resource_keys:
+            continue
+        assets_def = layer.get_assets_def_for_node(handle) or layer.get_assets_def_for_node(handle.root)
+        if assets_def is None:  # an op: a partitioned op job runs once per partition
+            runs[str(handle)] = partitions if job.partitions_def else 1
+        else:
+            runs[str(handle)] = _runs_per_step(assets_def, layer.asset_graph, partitions)
+    return runs
+
+
+def _runs_per_step(assets_def: AssetsDefinition, graph: AssetGraph, partitions: int) -> int:
+    # a step of checks only is partitioned and backfilled like the assets it checks
+    keys = list(assets_def.keys) or [check.asset_key for check in assets_def.check_keys]
+    nodes = [node for node in map(graph.get, keys) if node.partitions_def is not None]
+    per_run = [node.backfill_policy.max_partitions_per_run if node.backfill_policy else 1 for node in nodes]
+    if not per_run or None in per_run:  # unpartitioned, or a single run for the whole range
+        return 1
+    return max(math.ceil(partitions / size) for size in per_run)

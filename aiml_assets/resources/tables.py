@@ -32,7 +32,7 @@ from deltalake.transaction import AddAction, CommitProperties, create_table_with
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-from aiml_assets.governance.egress import check_location
+from aiml_assets.resources.egress import check_location
 from aiml_assets.resources.file_statistics import file_statistics
 from aiml_assets.sql_identifiers import delta_path, partition_literal, quoted_identifier, string_literal
 

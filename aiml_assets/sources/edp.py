@@ -2,22 +2,38 @@
 
 EDP owns them; we never materialize them. An observation records what the UI should show of each: row count, the
 day of the latest event, the Delta table version (also the asset's data version) and the columns its model does not
-declare (a schema drift). Each has a blocking pandera check, so bad source data stops everything that reads it; an
-unexpected column fails it where the env file's `sources.extra_columns` says so for the product, else is a warning.
+declare (a schema drift).
+
+The same step then evaluates their blocking checks (declared on the observation, so each stays separately named in
+the UI): a pandera check per product (an unexpected column fails it where the env file's `sources.extra_columns`
+says so for the product, else is a warning) and a relationship check per child product (relationships.py). Each
+product is read once, at the version observed, and kept for the passes that read it. A failing check fails the
+step, and Dagster runs nothing that depends on the products (their outputs are the downstream steps' inputs).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Dagster checks the `context` annotation when the asset is decorated.
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from dagster import AssetKey, AssetSpec, DataVersion, MetadataValue, ObserveResult, multi_observable_source_asset
+from dagster import (
+    AssetCheckKey, AssetCheckResult, AssetExecutionContext, AssetKey, AssetsDefinition, AssetSpec, DataVersion, Failure,
+    MetadataValue, ObserveResult, multi_observable_source_asset,
+)
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from aiml_assets.quality import extra_columns, pandera_check, table_schema
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.asset_tables import TableAccess
+from aiml_assets.keys import EDP_GROUP, StepLauncherParam
+from aiml_assets.quality import check_name, extra_columns, schema_check, schema_check_spec, table_schema
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.resources.storage import Storage
+from aiml_assets.resources.tables import DeltaTables
 from aiml_assets.settings import Settings
-from aiml_assets.sources.relationships import relationship_checks
-from aiml_assets.sources.schemas import SOURCE_MODELS, source_models
+from aiml_assets.sources.relationships import CHECK_NAME, CHILDREN, relationship_check, relationship_check_specs
+from aiml_assets.sources.schemas import SOURCE_MODELS, asset_key, source_models
 
-EDP_GROUP = "edp_sources"
 EDP_OWNER = "team:edp"
 CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES = SOURCE_MODELS
 
@@ -32,12 +48,7 @@ EVENT_TIME = {CUSTOMERS: "joined_date", TRANSACTIONS: "transaction_ts", HOLDINGS
               RESPONSES: "contact_date"}
 
 
-def asset_key(table_name: str) -> AssetKey:
-    """`edp.fdp.customers` -> `edp/fdp/customers`: the asset graph uses the catalog's own names."""
-    return AssetKey(table_name.split("."))
-
-
-def _spec(name: str) -> AssetSpec:
+def _spec(name: str, model) -> AssetSpec:
     return AssetSpec(
         key=asset_key(name),
         group_name=EDP_GROUP,
@@ -45,44 +56,114 @@ def _spec(name: str) -> AssetSpec:
         kinds={"unity-catalog", "delta"},
         description=DESCRIPTIONS[name],
         tags={"edp_layer": name.split(".")[1]},
-        metadata={"dagster/table_name": name, "dagster/column_schema": table_schema(SOURCE_MODELS[name])},
+        metadata={"dagster/table_name": name, "dagster/column_schema": table_schema(model)},
     )
 
 
-@multi_observable_source_asset(specs=[_spec(name) for name in SOURCE_MODELS], can_subset=True,
-                               required_resource_keys={STEP_LAUNCHER_KEY, "spark", "catalog"})
-def edp_source_products(context):
-    session, catalog = context.resources.spark.get_session(), context.resources.catalog
-    for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-        name = ".".join(key.path)
-        version = catalog.version(name)
-        product = catalog.read(session, name)
-        # the day, not the time: the latest event is one customer's
-        stats = product.agg(F.count(F.lit(1)).alias("rows"), F.to_date(F.max(EVENT_TIME[name])).alias("latest")).first()
-        drift = extra_columns(SOURCE_MODELS[name], product)
-        context.log.info(f"observed {name}: {stats['rows']} rows, version {version}")
-        if drift:
-            context.log.warning(f"{name}: {len(drift)} column(s) its model does not declare: {', '.join(drift)}")
-        yield ObserveResult(
-            asset_key=key,
-            data_version=DataVersion(str(version)),
-            metadata={
-                "dagster/row_count": MetadataValue.int(stats["rows"]),
-                "latest_event_time": MetadataValue.text(str(stats["latest"])),
-                "table_version": MetadataValue.int(version),
-                "extra_columns": MetadataValue.text(", ".join(drift) or "none"),
-            },
-        )
+class _Products:
+    """Each product read once, at the Delta version it is observed at, and persisted for the passes that read it
+    (observation, pandera check, the relationship checks of its children)."""
+
+    def __init__(self, spark: SparkResource, catalog: Catalog):
+        self.session, self.catalog = spark.get_session(), catalog
+        self.versions: dict[str, int] = {}
+        self.frames: dict[str, DataFrame] = {}
+
+    def version(self, name: str) -> int:
+        if name not in self.versions:
+            self.versions[name] = self.catalog.version(name)
+        return self.versions[name]
+
+    def read(self, name: str) -> DataFrame:
+        if name not in self.frames:
+            df = self.catalog.read(self.session, name, self.version(name))
+            self.frames[name] = df.persist(StorageLevel.MEMORY_AND_DISK)
+        return self.frames[name]
+
+    def release(self) -> None:
+        for df in self.frames.values():
+            df.unpersist()
 
 
-def _reader(name: str):
-    return lambda context: context.resources.catalog.read(context.resources.spark.get_session(), name)
+@contextmanager
+def _products(spark: SparkResource, catalog: Catalog) -> Iterator[_Products]:
+    products = _Products(spark, catalog)
+    try:
+        yield products
+    finally:
+        products.release()
 
 
-def source_checks(settings: Settings) -> list:
-    """The blocking checks of the products, from `settings`: one pandera check per product (columns, ranges, extra
-    columns), and one per child product across rows and products (references, event order, natural keys, monthly
-    completeness and volume)."""
-    schemas = [pandera_check(asset_key(name), model, _reader(name), {"spark", "catalog"}, settings=settings)
-               for name, model in source_models(settings).items()]
-    return schemas + relationship_checks(settings, asset_key, _reader)
+def _observe(log, products: _Products, name: str, model) -> ObserveResult:
+    product, version = products.read(name), products.version(name)
+    # the day, not the time: the latest event is one customer's
+    stats = product.agg(F.count(F.lit(1)).alias("rows"), F.to_date(F.max(EVENT_TIME[name])).alias("latest")).first()
+    drift = extra_columns(model, product)
+    log.info(f"observed {name}: {stats['rows']} rows, version {version}")
+    if drift:
+        log.warning(f"{name}: {len(drift)} column(s) its model does not declare: {', '.join(drift)}")
+    return ObserveResult(
+        asset_key=asset_key(name),
+        data_version=DataVersion(str(version)),
+        metadata={
+            "dagster/row_count": MetadataValue.int(stats["rows"]),
+            "latest_event_time": MetadataValue.text(str(stats["latest"])),
+            "table_version": MetadataValue.int(version),
+            "extra_columns": MetadataValue.text(", ".join(drift) or "none"),
+        },
+    )
+
+
+def _refuse_unchecked(context: AssetExecutionContext, checks: list[AssetCheckKey]) -> None:
+    """A product observed without one of its blocking checks would hand downstream a version nobody checked."""
+    unchecked = [key for key in checks if key.asset_key in context.selected_asset_keys
+                 and key not in context.selected_asset_check_keys]
+    if unchecked:
+        names = ", ".join(f"{key.asset_key.to_user_string()}:{key.name}" for key in unchecked)
+        raise Failure(f"refused: observing an EDP product without its blocking check ({names}) would let an "
+                      "unchecked version reach what reads it; select the product with its checks",
+                      allow_retries=False)
+
+
+def _check_order(key: AssetCheckKey) -> tuple[str, str]:
+    return key.asset_key.to_user_string(), key.name
+
+
+def edp_source_products_for(settings: Settings) -> AssetsDefinition:
+    """The observation of the EDP products with every blocking check of theirs (`settings` gives the models'
+    ranges and strictness, the volume band, the quarantine tables): one step, so one Databricks run."""
+    models = source_models(settings)
+    schema_checks = {AssetCheckKey(asset_key(name), check_name(model)): name for name, model in models.items()}
+    relationship_checks = {AssetCheckKey(asset_key(child), CHECK_NAME): child for child in CHILDREN}
+
+    @multi_observable_source_asset(
+        name="edp_source_products",
+        specs=[_spec(name, model) for name, model in models.items()],
+        check_specs=[schema_check_spec(asset_key(name), model, settings) for name, model in models.items()]
+        + relationship_check_specs(settings),
+        can_subset=True,
+    )
+    def edp_source_products(context: AssetExecutionContext, pyspark_step_launcher: StepLauncherParam,
+                            spark: SparkResource, catalog: Catalog, tables: DeltaTables,
+                            storage: Storage) -> Iterator[ObserveResult | AssetCheckResult]:
+        _refuse_unchecked(context, [*schema_checks, *relationship_checks])
+        io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
+        with _products(spark, catalog) as products:
+
+            def evaluated(key: AssetCheckKey) -> AssetCheckResult:
+                if name := schema_checks.get(key):
+                    return schema_check(context.log, io, key.asset_key, models[name], products.read(name), settings)
+                return relationship_check(context.log, io, relationship_checks[key], products.read, settings,
+                                          context.run.tags)
+
+            for key in sorted(context.selected_asset_keys, key=AssetKey.to_user_string):
+                name = ".".join(key.path)
+                yield _observe(context.log, products, name, models[name])
+            results = []
+            for key in sorted(context.selected_asset_check_keys, key=_check_order):
+                results.append(evaluated(key))
+                yield results[-1]
+        if failed := [r.description for r in results if not r.passed]:
+            raise Failure("\n".join(failed), allow_retries=False)  # the data is what it is: a retry fails the same
+
+    return edp_source_products

@@ -8,11 +8,12 @@ referential integrity, event order, natural keys beyond a model's own, and month
   Unique(table, columns): a natural key beyond the model's own `unique` one, over the whole product;
   MonthlyVolume(product, column, dense): complete months of steady volume (volume.py).
 
-Compiled per child product into one blocking check and one Spark job: the child left-joined to each parent it
-references (the parent's key and the columns its rules need, one row per key), a window per natural key, and one
-aggregation grouped by the month of the child's event time that counts each rule's failing rows and the month's
-rows. Summed, the counts are the rules'; per month, they are the volume's. Products other than transactions cost
-one more small job: the data horizon (the latest transaction), which says which months are complete.
+Compiled per child product into one blocking check, evaluated in the observation's step (edp.py), and one Spark
+job: the child left-joined to each parent it references (the parent's key and the columns its rules need, one row
+per key), a window per natural key, and one aggregation grouped by the month of the child's event time that counts
+each rule's failing rows and the month's rows. Summed, the counts are the rules'; per month, they are the volume's.
+Products other than transactions cost one more small job: the data horizon (the latest transaction), which says
+which months are complete.
 
 Messages and metadata carry products, columns, rules, months and counts only: no key or value of any row, so that
 customer ids never reach Dagster's event log; a failing rule's rows (the child's own columns) go to the check's
@@ -23,21 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from datetime import date
+from functools import cache
 
-from dagster import AssetCheckResult, AssetKey, MetadataValue, asset_check
+from dagster import AssetCheckResult, AssetCheckSpec, MetadataValue
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from aiml_assets.asset_tables import TableAccess
 from aiml_assets.quality import Violation, as_schema, repeated
-from aiml_assets.quarantine import (
-    QUARANTINE_RESOURCES, Offending, check_result, offending_rows, quarantine, quarantine_table,
-)
-from aiml_assets.resources.per_environment import STEP_LAUNCHER_KEY
+from aiml_assets.quarantine import Offending, check_result, offending_rows, quarantine, quarantine_table
 from aiml_assets.settings import Settings
 from aiml_assets.sources.horizon import HORIZON_COLUMN, DataHorizon, DataHorizonExceeded, horizon_of, observed_horizon
-from aiml_assets.sources.schemas import SOURCE_MODELS
+from aiml_assets.sources.schemas import SOURCE_MODELS, asset_key
 from aiml_assets.sources.volume import MonthlyVolume, complete_months, read_window, volume_violations
 
 CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES = SOURCE_MODELS
@@ -220,30 +219,24 @@ def _description(child: str, settings: Settings) -> str:
     return "; ".join(rules) + f"; monthly volume of {volume.column} over the months the lab snapshots read: {kind}"
 
 
-def relationship_checks(settings: Settings, asset_key: Callable[[str], AssetKey],
-                        reader: Callable[[str], Callable]) -> list:
-    """One blocking check per child product; `reader(name)(context)` reads a product as the assets do."""
-    return [_relationship_check(child, settings, asset_key, reader) for child in CHILDREN]
+def relationship_check_specs(settings: Settings) -> list[AssetCheckSpec]:
+    """One blocking check per child product, evaluated in the observation's step (`relationship_check`)."""
+    return [AssetCheckSpec(CHECK_NAME, asset=asset_key(child), blocking=True,
+                           description=f"{_description(child, settings)}; failing rows go to "
+                           f"{quarantine_table(settings, asset_key(child), CHECK_NAME).name}",
+                           additional_deps=[asset_key(ref.parent) for ref in _of(References, child)])
+            for child in CHILDREN]
 
 
-def _relationship_check(child: str, settings: Settings, asset_key, reader):
+def relationship_check(log, io: TableAccess, child: str, read: Callable[[str], DataFrame], settings: Settings,
+                       tags: Mapping[str, str]) -> AssetCheckResult:
+    """The result of `child`'s relationship check, reading products with `read`; its failing rows go to the
+    check's quarantine table (written with `io`)."""
     asset = asset_key(child)
-    table = quarantine_table(settings, asset, CHECK_NAME)
-
-    @asset_check(
-        asset=asset,
-        name=CHECK_NAME,
-        blocking=True,
-        description=f"{_description(child, settings)}; failing rows go to {table.name}",
-        additional_deps=[asset_key(ref.parent) for ref in _of(References, child)],
-        required_resource_keys={STEP_LAUNCHER_KEY, *QUARANTINE_RESOURCES},
-    )
-    def _check(context) -> AssetCheckResult:
-        outcome = evaluate(child, lambda name: reader(name)(context), settings, context.run.tags)
-        judged = f"{outcome.months[0]:%Y-%m} to {outcome.months[-1]:%Y-%m}" if outcome.months else "none"
-        metadata = {"rows": MetadataValue.int(outcome.rows), "months_judged": MetadataValue.text(judged)}
-        return check_result(context, asset, "its relationship and volume rules",
-                            [v.describe(outcome.rows) for v in outcome.violations], metadata,
-                            quarantine(context, table, outcome.offending))
-
-    return _check
+    outcome = evaluate(child, read, settings, tags)
+    judged = f"{outcome.months[0]:%Y-%m} to {outcome.months[-1]:%Y-%m}" if outcome.months else "none"
+    metadata = {"rows": MetadataValue.int(outcome.rows), "months_judged": MetadataValue.text(judged)}
+    quarantined = quarantine(io, quarantine_table(settings, asset, CHECK_NAME), outcome.offending)
+    return check_result(log, asset, "its relationship and volume rules",
+                        [v.describe(outcome.rows) for v in outcome.violations], metadata, quarantined,
+                        check=CHECK_NAME)

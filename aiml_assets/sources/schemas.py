@@ -9,6 +9,7 @@ from datetime import datetime, time
 
 import pandera.pyspark as pa
 import pyspark.sql.types as T
+from dagster import AssetKey
 from pandera.pyspark import Field
 
 from aiml_assets.settings import Settings, load_settings
@@ -24,6 +25,11 @@ REGIONS = ["London", "South East", "North West", "East of England", "West Midlan
 CUSTOMERS, TRANSACTIONS = "edp.fdp.customers", "edp.fdp.transactions"
 HOLDINGS, RESPONSES = "edp.cdp.product_holdings", "edp.bdp.campaign_responses"
 NOT_FUTURE = {"not_future": True}
+
+
+def asset_key(table_name: str) -> AssetKey:
+    """`edp.fdp.customers` -> `edp/fdp/customers`: the asset graph uses the catalog's own names."""
+    return AssetKey(table_name.split("."))
 
 
 def source_models(settings: Settings) -> dict[str, type[pa.DataFrameModel]]:

@@ -32,7 +32,7 @@ from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, wr
 from deltalake.exceptions import CommitFailedError
 from pydantic import PrivateAttr
 
-from aiml_assets.governance import audit_chain as chain
+from aiml_assets.resources import audit_chain as chain
 from aiml_assets.resources.storage import S3Storage, Storage
 
 AUDIT_ROLE = "audit"  # bucket role in resources/<env>.yaml
@@ -77,11 +77,6 @@ class AuditLogError(RuntimeError):
 # A run without a user tag is named after what launched it.
 LAUNCHER_TAGS = (("dagster/schedule_name", "schedule"), ("dagster/sensor_name", "sensor"),
                  ("dagster/backfill", "backfill"))
-
-
-def actor(context=None) -> str:
-    """Who is acting: the run's user (`context`), else who launched it."""
-    return actor_of(context.run.tags if context is not None else {})
 
 
 def actor_of(tags: Mapping[str, str]) -> str:

@@ -19,12 +19,13 @@ from urllib.parse import unquote
 
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from dagster import AssetKey, AssetObservation, AssetRecordsFilter, DagsterInstance
+from dagster import AssetObservation, AssetRecordsFilter, DagsterInstance
 from deltalake.exceptions import TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
+from aiml_assets.keys import AUDIT_HEAD_KEY as HEAD_KEY
+
 GENESIS = "0" * 64  # the prev_hash of the first event
-HEAD_KEY = AssetKey(["governance", "audit_log"])  # one partition per audit log location
 COMMIT_FILE = re.compile(r"_delta_log/(\d{20})\.json$")
 LATER_ACTIONS = {"commitInfo", "add"}  # what a commit after the table's creation may hold
 CREATE_ACTIONS = {"commitInfo", "protocol", "metaData"}

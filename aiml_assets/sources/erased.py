@@ -16,9 +16,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+from aiml_assets.resources.audit import AuditLog
+from aiml_assets.resources.catalog import Catalog
+from aiml_assets.resources.spark import SparkResource
+from aiml_assets.sources.schemas import SOURCE_MODELS
 
 ERASURE_REQUESTED = "erasure_requested"  # audit action
 DIGESTS = "customer_digests"  # its details key
@@ -87,3 +93,20 @@ def without_erased(customers: DataFrame, others: list[DataFrame], digests: set[s
     ids = erased_ids(customers, digests, erasure_key(settings)).localCheckpoint()  # matched once, for every product
     return [without(df, ids) for df in (customers, *others)]
 
+
+@dataclass(frozen=True)
+class Sources:
+    customers: DataFrame
+    transactions: DataFrame
+    holdings: DataFrame
+    responses: DataFrame
+
+
+CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES = SOURCE_MODELS
+
+
+def read_sources(spark: SparkResource, catalog: Catalog, audit: AuditLog, settings) -> Sources:
+    """The EDP products, by catalog name, without the customers whose erasure was requested (GDPR)."""
+    session = spark.get_session()
+    customers, *others = (catalog.read(session, name) for name in (CUSTOMERS, TRANSACTIONS, HOLDINGS, RESPONSES))
+    return Sources(*without_erased(customers, others, erased_digests(audit), settings))
