@@ -7,7 +7,6 @@ import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +17,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from aiml_assets.resources import audit_chain as chain
-from aiml_assets.resources.audit import AUDIT_ROLE, AUDIT_TABLE, SCHEMA, AuditLog, AuditLogError, actor
+from aiml_assets.resources.audit import AUDIT_ROLE, AUDIT_TABLE, SCHEMA, AuditLog, AuditLogError, actor_of
 from aiml_assets.resources.per_environment import build_resources
 from aiml_assets.resources.storage import S3Storage
 from aiml_assets.settings import ENVIRONMENTS, load_settings
@@ -167,7 +166,7 @@ def test_actor_prefers_the_run_tag_then_ci_then_aiml_user(monkeypatch, tags, env
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert actor(SimpleNamespace(run=SimpleNamespace(tags=tags))) == expected
+    assert actor_of(tags) == expected
 
 
 def test_actor_falls_back_to_the_os_user(monkeypatch):
@@ -175,7 +174,7 @@ def test_actor_falls_back_to_the_os_user(monkeypatch):
 
     for key in ("GITLAB_USER_LOGIN", "AIML_USER"):
         monkeypatch.delenv(key, raising=False)
-    assert actor() == getpass.getuser()
+    assert actor_of({}) == getpass.getuser()
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
