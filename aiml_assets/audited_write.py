@@ -22,20 +22,6 @@ def audit_spec(asset: AssetKey, model: Model, settings: Settings) -> AssetCheckS
                          "so a failure leaves its current partitions current")
 
 
-def refuse_unaudited(context, audits: list[AssetCheckSpec]) -> None:
-    """An audited asset is written only with its audit, and an audit judges only what its step is about to write:
-    a selection taking one without the other is refused before any work."""
-    assets, checks = context.selected_asset_keys, context.selected_asset_check_keys
-    for spec in audits:
-        asset = spec.asset_key.to_user_string()
-        if spec.asset_key in assets and spec.key not in checks:
-            raise Failure(f"{asset} is written only once its blocking check {spec.name} passed, and the selection "
-                          f"leaves {spec.name} out: select it with {asset}", allow_retries=False)
-        if spec.key in checks and spec.asset_key not in assets:
-            raise Failure(f"check {spec.name} audits what the step of {asset} is about to write, and the selection "
-                          f"leaves {asset} out: select {asset} with it", allow_retries=False)
-
-
 def audited(log, io: TableAccess, asset: AssetKey, model: Model, staged: dict[object, DataFrame],
             settings: Settings) -> Generator[AssetCheckResult, None, AssetCheckResult]:
     """The passing check result of every staged partition (for the materialization to carry), or: the failing

@@ -22,13 +22,13 @@ plane; the rows themselves are found in the quarantine table the message names.
 
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import date
 
 import pandera.pyspark as pa
 from dagster import (
-    AssetCheckResult, AssetCheckSpec, AssetKey, MetadataValue, TableColumn,
+    AssetCheckKey, AssetCheckResult, AssetCheckSpec, AssetKey, Failure, MetadataValue, TableColumn,
     TableColumnConstraints, TableConstraints, TableSchema,
 )
 from pandera.config import ValidationDepth, config_context
@@ -244,6 +244,23 @@ def schema_check_spec(asset: AssetKey, model: Model, settings: Settings | None =
                           description=f"pandera schema {as_schema(model).name}: types, nullability, finite numbers, "
                           "ranges, allowed values, unique keys, unexpected columns"
                           + ("; failing rows go to " + table.name if table else ""), **kwargs)
+
+
+def refuse_unchecked(assets: Collection[AssetKey], checks: Collection[AssetCheckKey], specs: list[AssetCheckSpec],
+                     *, checks_alone: bool = False) -> None:
+    """A selected asset is written only with its blocking checks, since they run in its step; and unless the step
+    can check what an earlier run wrote (`checks_alone`), a check is not selected without its asset, which would
+    judge something this step did not make. Either is refused before any work, naming each."""
+    wrong = []
+    for spec in specs:
+        asset = spec.asset_key.to_user_string()
+        if spec.blocking and spec.asset_key in assets and spec.key not in checks:
+            wrong.append(f"{asset} selected without its blocking check {spec.name}")
+        elif not checks_alone and spec.key in checks and spec.asset_key not in assets:
+            wrong.append(f"check {spec.name} selected without {asset}, whose step it checks")
+    if wrong:
+        raise Failure(description="refused: " + "; ".join(wrong) + "; select the checks with their asset "
+                      "(nothing was written)", allow_retries=False)
 
 
 def schema_check(log, io, asset: AssetKey, model: Model, df: DataFrame, settings: Settings | None = None,

@@ -216,9 +216,9 @@ def test_write_audit_publish_per_key_in_one_step(local_edp, spark, aiml_home, tm
 
 @pytest.mark.parametrize("selection, refusal", [
     (AssetSelection.assets(FEATURES_KEY).without_checks(),
-     "lab/customer_features is written only once its blocking check CustomerFeatures_schema passed"),
+     "lab/customer_features selected without its blocking check CustomerFeatures_schema"),
     (AssetSelection.assets(FEATURES_KEY) | AssetSelection.checks(AssetCheckKey(TRAINING_KEY, "TrainingSet_schema")),
-     "check TrainingSet_schema audits what the step of lab/training_set is about to write"),
+     "check TrainingSet_schema selected without lab/training_set, whose step it checks"),
 ], ids=["asset_without_its_check", "check_without_its_asset"])
 def test_a_selection_splitting_an_asset_from_its_audit_is_refused(aiml_home, selection, refusal):
     with DagsterInstance.ephemeral() as instance:

@@ -384,7 +384,7 @@ def test_a_model_without_its_blocking_gate_is_refused_before_anything_is_trained
     result = lab.train(product, job=job)
     assert not result.success and lab.materialization(result, MODEL_KEY) is None
     reason = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
-    assert "refused: validation_gate on models/propensity_model must run with its asset" in reason
+    assert "refused: models/propensity_model selected without its blocking check validation_gate" in reason
     assert len(lab.mlflow.search_model_versions(f"name = '{lab.name(product)}'")) == len(before)
 
 

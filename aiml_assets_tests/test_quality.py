@@ -166,7 +166,7 @@ def test_a_product_is_not_observed_without_its_blocking_checks(local_edp):
         result = _run(unchecked, instance)
     [failure] = _events(result, "STEP_FAILURE")
     assert not result.success and _events(result, "ASSET_OBSERVATION") == []
-    assert f"without its blocking check (edp/fdp/transactions:{RELATIONSHIPS})" in failure.error.message
+    assert f"edp/fdp/transactions selected without its blocking check {RELATIONSHIPS}" in failure.error.message
 
 
 def test_good_sources_pass_every_check(local_edp, spark):

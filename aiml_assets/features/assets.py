@@ -28,12 +28,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import TableAccess, lab_table
-from aiml_assets.audited_write import audit_spec, audited, refuse_unaudited
+from aiml_assets.audited_write import audit_spec, audited
 from aiml_assets.features.customer_features import customer_features, offers
 from aiml_assets.features.profile import profile_by_partition, take_up_by_partition
 from aiml_assets.features.schemas import customer_features_schema, training_set_schema
 from aiml_assets.keys import FEATURES_GROUP as GROUP, FEATURES_KEY, TRAINING_KEY, StepLauncherParam
-from aiml_assets.quality import Model, table_schema
+from aiml_assets.quality import Model, refuse_unchecked, table_schema
 from aiml_assets.resources.audit import AuditLog
 from aiml_assets.resources.catalog import Catalog
 from aiml_assets.resources.spark import SparkResource
@@ -155,7 +155,7 @@ def lab_feature_assets(settings: Settings) -> list:
     )
     def lab_features(context: AssetExecutionContext, pyspark_step_launcher: StepLauncherParam, spark: SparkResource,
                      catalog: Catalog, tables: DeltaTables, storage: Storage, audit: AuditLog):
-        refuse_unaudited(context, audits)
+        refuse_unchecked(context.selected_asset_keys, context.selected_asset_check_keys, audits)
         io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
         snapshots, selected = [date.fromisoformat(key) for key in context.partition_keys], context.selected_asset_keys
         sources = read_sources(spark, catalog, audit, settings)

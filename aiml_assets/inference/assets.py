@@ -34,12 +34,13 @@ from aiml_assets.inference.drift import drift_result
 from aiml_assets.inference.plots import score_summary
 from aiml_assets.inference.schemas import CANARY_ROLE, deployed_model_schema, propensity_scores_schema
 from aiml_assets.inference.scoring import score_customers
-from aiml_assets.inference.step_checks import blocks, evaluated, materialized, refuse_unchecked
+from aiml_assets.inference.step_checks import blocks, evaluated, materialized
 from aiml_assets.keys import (
     BINARY_KEY, DEPLOYED_MODEL_KEY, INFERENCE_GROUP as GROUP, SCORES_KEY, SCORING_FEATURES_KEY, StepLauncherParam,
 )
 from aiml_assets.plots import inline_markdown
-from aiml_assets.quality import check_name, schema_check, schema_check_spec, spark_schema, table_schema
+from aiml_assets.quality import (check_name, refuse_unchecked, schema_check, schema_check_spec, spark_schema,
+                                  table_schema)
 from aiml_assets.resources.audit import AuditLog
 from aiml_assets.resources.catalog import Catalog
 from aiml_assets.resources.nexus import NexusRepository
@@ -139,7 +140,7 @@ def inference_assets(settings: Settings) -> list:
                      catalog: Catalog, tables: DeltaTables, storage: Storage, audit: AuditLog,
                      nexus: NexusRepository, release_manifest: ReleaseManifest):
         assets, checks = context.selected_asset_keys, context.selected_asset_check_keys
-        refuse_unchecked(assets, checks, check_specs)
+        refuse_unchecked(assets, checks, check_specs, checks_alone=True)
         io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
         day, partition, log = scoring_day(context.partition_key), context.partition_key, context.log
         cached = []

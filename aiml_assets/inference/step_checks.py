@@ -5,7 +5,7 @@ downstream."""
 from collections.abc import Callable, Collection, Iterator
 
 from dagster import (
-    AssetCheckKey, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, Failure, MaterializeResult,
+    AssetCheckKey, AssetCheckResult, AssetCheckSeverity, AssetKey, Failure, MaterializeResult,
 )
 
 
@@ -35,13 +35,3 @@ def materialized(asset: AssetKey, metadata: dict | None,
         yield MaterializeResult(asset_key=asset, metadata=metadata, check_results=results)
     if failed := [r.description for r in results if blocks(r)]:
         raise Failure(description="\n".join(failed), allow_retries=False)
-
-
-def refuse_unchecked(assets: Collection[AssetKey], checks: Collection[AssetCheckKey],
-                     specs: list[AssetCheckSpec]) -> None:
-    """A selected asset is not written without its blocking checks selected too."""
-    missing = [spec.key for spec in specs if spec.blocking and spec.asset_key in assets and spec.key not in checks]
-    if missing:
-        raise Failure(description="refused: " + ", ".join(
-            f"{key.asset_key.to_user_string()} selected without its blocking check {key.name}" for key in missing)
-            + "; select the checks with the asset (nothing was written)", allow_retries=False)

@@ -42,7 +42,7 @@ from aiml_assets.models.diagnostics import importance_png, roc_png
 from aiml_assets.models.gate import decide
 from aiml_assets.plots import inline_markdown
 from aiml_assets.provenance import code_version
-from aiml_assets.quality import schema_check, schema_check_spec, spark_schema
+from aiml_assets.quality import refuse_unchecked, schema_check, schema_check_spec, spark_schema
 from aiml_assets.resources.catalog import Catalog
 from aiml_assets.resources.nexus import NexusRepository
 from aiml_assets.resources.spark import SparkResource
@@ -84,13 +84,6 @@ def _lineage(run) -> list[str]:
     return [run.run_id, run.parent_run_id, run.root_run_id]
 
 
-def unchecked(selected_assets, selected_checks, specs: list[AssetCheckSpec]) -> list[str]:
-    """The blocking checks deselected from a selected asset, or selected without their asset: either would let a
-    model or binary be written unchecked, or judge a version this step did not make."""
-    return [f"{spec.name} on {spec.asset_key.to_user_string()}" for spec in specs
-            if (spec.asset_key in selected_assets) != (spec.key in selected_checks)]
-
-
 def model_assets(settings: Settings) -> list:
     products = StaticPartitionsDefinition(settings.products)
     common = dict(group_name=GROUP, owners=["team:aiml"], skippable=True)
@@ -121,9 +114,7 @@ def model_assets(settings: Settings) -> list:
                      spark: SparkResource, catalog: Catalog, tables: DeltaTables, storage: Storage,
                      mlflow: MlflowResource, nexus: NexusRepository) -> Iterator:
         selected = context.selected_asset_keys
-        if refused := unchecked(selected, context.selected_asset_check_keys, checks):
-            raise Failure(description=f"refused: {', '.join(refused)} must run with its asset (blocking checks "
-                          "run in the asset's step)", allow_retries=False)
+        refuse_unchecked(selected, context.selected_asset_check_keys, checks)
         step = FamilyStep(settings, context.log, _lineage(context.run),
                           TableAccess(spark, catalog, tables, storage, context.run.run_id), mlflow, nexus)
         failed = {}

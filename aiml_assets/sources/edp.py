@@ -25,7 +25,8 @@ from pyspark.sql import functions as F
 
 from aiml_assets.asset_tables import TableAccess
 from aiml_assets.keys import EDP_GROUP, StepLauncherParam
-from aiml_assets.quality import check_name, extra_columns, schema_check, schema_check_spec, table_schema
+from aiml_assets.quality import (check_name, extra_columns, refuse_unchecked, schema_check, schema_check_spec,
+                                  table_schema)
 from aiml_assets.resources.catalog import Catalog
 from aiml_assets.resources.spark import SparkResource
 from aiml_assets.resources.storage import Storage
@@ -114,17 +115,6 @@ def _observe(log, products: _Products, name: str, model) -> ObserveResult:
     )
 
 
-def _refuse_unchecked(context: AssetExecutionContext, checks: list[AssetCheckKey]) -> None:
-    """A product observed without one of its blocking checks would hand downstream a version nobody checked."""
-    unchecked = [key for key in checks if key.asset_key in context.selected_asset_keys
-                 and key not in context.selected_asset_check_keys]
-    if unchecked:
-        names = ", ".join(f"{key.asset_key.to_user_string()}:{key.name}" for key in unchecked)
-        raise Failure(f"refused: observing an EDP product without its blocking check ({names}) would let an "
-                      "unchecked version reach what reads it; select the product with its checks",
-                      allow_retries=False)
-
-
 def _check_order(key: AssetCheckKey) -> tuple[str, str]:
     return key.asset_key.to_user_string(), key.name
 
@@ -135,18 +125,20 @@ def edp_source_products_for(settings: Settings) -> AssetsDefinition:
     models = source_models(settings)
     schema_checks = {AssetCheckKey(asset_key(name), check_name(model)): name for name, model in models.items()}
     relationship_checks = {AssetCheckKey(asset_key(child), CHECK_NAME): child for child in CHILDREN}
+    check_specs = ([schema_check_spec(asset_key(name), model, settings) for name, model in models.items()]
+                   + relationship_check_specs(settings))
 
     @multi_observable_source_asset(
         name="edp_source_products",
         specs=[_spec(name, model) for name, model in models.items()],
-        check_specs=[schema_check_spec(asset_key(name), model, settings) for name, model in models.items()]
-        + relationship_check_specs(settings),
+        check_specs=check_specs,
         can_subset=True,
     )
     def edp_source_products(context: AssetExecutionContext, pyspark_step_launcher: StepLauncherParam,
                             spark: SparkResource, catalog: Catalog, tables: DeltaTables,
                             storage: Storage) -> Iterator[ObserveResult | AssetCheckResult]:
-        _refuse_unchecked(context, [*schema_checks, *relationship_checks])
+        refuse_unchecked(context.selected_asset_keys, context.selected_asset_check_keys, check_specs,
+                         checks_alone=True)
         io = TableAccess(spark, catalog, tables, storage, context.run.run_id)
         with _products(spark, catalog) as products:
 
