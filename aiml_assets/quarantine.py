@@ -4,7 +4,9 @@ A check's message and metadata carry assets, columns, rules and counts only; the
 plane, in a quarantine Delta table in the environment's own bucket: the lab bucket where there is one (perishable:
 the retention purge removes a quarantine as it does any lab table), else the scoring bucket. One table per asset
 and check, named in the catalog beside the asset tables, so whoever investigates reads it with the grants the data
-has. Each failing evaluation replaces its table whole, so a rerun replaces what the previous one left. Its columns:
+has. Each failing evaluation replaces the rows of the partitions it judged (an unpartitioned asset's: the whole
+table), so a rerun replaces what the previous one left, and one product's or snapshot's failure does not erase
+another's evidence. Its columns:
 the rule, the asset partition the row was judged in, then the offending row itself (its own columns, so the GDPR
 erasure finds a customer there as in any other table).
 
@@ -47,6 +49,7 @@ class Offending:
 
     rows: DataFrame
     count: int
+    partitions: frozenset[str | None]  # the asset partitions the rows were judged in (None: the whole asset)
 
 
 def offending_rows(df: DataFrame, violations: Iterable, partition: str | None = None,
@@ -60,12 +63,14 @@ def offending_rows(df: DataFrame, violations: Iterable, partition: str | None = 
             and not isinstance(f.dataType, T.NullType)]
     frames = [df.select(F.lit(f"{v.column}: {v.rule}").alias(RULE), F.lit(partition).cast("string").alias(PARTITION),
                         *kept, v.condition.alias("_failing")).filter("_failing").drop("_failing") for v in failing]
-    return Offending(reduce(DataFrame.unionByName, frames), sum(v.failed_rows for v in failing))
+    return Offending(reduce(DataFrame.unionByName, frames), sum(v.failed_rows for v in failing),
+                     frozenset({None if partition is None else str(partition)}))
 
 
 def combined(offending: Iterable[Offending | None]) -> Offending | None:
     found = [o for o in offending if o is not None]
-    return reduce(lambda a, b: Offending(a.rows.unionByName(b.rows), a.count + b.count), found) if found else None
+    return reduce(lambda a, b: Offending(a.rows.unionByName(b.rows), a.count + b.count, a.partitions | b.partitions),
+                  found) if found else None
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,19 @@ def quarantine(io: TableAccess, table: AssetTable | None, offending: Offending |
     write or nowhere to write it."""
     if table is None or offending is None:
         return None
-    version = table.overwrite(io, offending.rows)
+    version = table.overwrite(io, _with_other_partitions(io, table, offending))
     table.register(io, comment="rows a failing check found: perishable, for investigation in the data plane",
                    properties={"dagster_run_id": io.run_id})
     return Quarantined(table.name, table.location(io), version, offending.count)
+
+
+def _with_other_partitions(io: TableAccess, table: AssetTable, offending: Offending) -> DataFrame:
+    """The new offending rows and the rows an earlier evaluation left for partitions this one did not judge."""
+    if None in offending.partitions or not io.tables.exists(table.location(io)):
+        return offending.rows
+    earlier = io.tables.read(io.spark.get_session(), table.location(io))
+    others = earlier.filter(~F.col(PARTITION).isin(sorted(offending.partitions)))
+    return offending.rows.unionByName(others, allowMissingColumns=True)
 
 
 def check_result(log, asset: AssetKey, failed: str, failures: list[str], metadata: dict,

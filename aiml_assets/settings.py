@@ -414,10 +414,12 @@ def _describe(error: dict) -> str:
     return f"  {field}: {error['msg']} (got {error.get('input')!r})"
 
 
-def parse_settings(path: Path, expected_env: str | None = None) -> Settings:
+def parse_settings(path: Path, expected_env: str | None = None, products: list[str] | None = None) -> Settings:
+    """The settings of an env file; `products`, if given, in place of the file's (a local copy of another env's file
+    stands for the local products)."""
     if not path.is_file():
         raise SettingsError(f"{path}: environment file not found")
-    raw = _read_yaml(path)
+    raw = _read_yaml(path) | ({"products": products} if products is not None else {})
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:

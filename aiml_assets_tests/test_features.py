@@ -13,9 +13,11 @@ from aiml_assets.definitions import build_definitions
 from aiml_assets.features import assets
 from aiml_assets.features.assets import labelled
 from aiml_assets.features.customer_features import customer_features
+from aiml_assets.features.schemas import training_set_schema
 from aiml_assets.keys import FEATURES_KEY, TRAINING_KEY
+from aiml_assets.model_inputs import NON_FEATURES, feature_columns
 from aiml_assets.sources.erased import Sources
-from aiml_assets.settings import load_settings
+from aiml_assets.settings import load_settings, product_codes
 from aiml_assets_tests.test_quality import _corrupt, _set
 
 SNAPSHOT = date(2025, 6, 1)
@@ -237,3 +239,11 @@ def test_label_window_must_be_complete(local_edp):
         in message
     # refused before anything is computed or written: the features of that snapshot too
     assert not {"aiml_local.lab.customer_features", "aiml_local.lab.training_set"} & set(local_edp.names())
+
+
+@pytest.mark.parametrize("count", [6, 49])
+def test_the_model_inputs_name_the_training_sets_feature_columns(count):
+    """Nexus checks a published model's columns against `model_inputs`, the features build them: they agree."""
+    products = product_codes(load_settings().products, count)
+    columns = list(training_set_schema(products).columns)
+    assert [c for c in columns if c not in NON_FEATURES] == feature_columns(products)

@@ -31,7 +31,7 @@ from aiml_assets.models.binary import (
     publish_model,
     version_metadata,
 )
-from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES, UntrustedModel, load_model
+from aiml_assets.resources.safe_artifact import TRUSTED_SKOPS_TYPES, UntrustedModel, load_model
 from aiml_assets.models.training import (
     TrainedModel, log_and_register, model_requirements, prepare, registered_name, train,
 )

@@ -120,7 +120,7 @@ def test_the_family_group_function_runs_where_aiml_assets_cannot_be_imported(tmp
     from pyspark import cloudpickle
 
     from aiml_assets.models.family import SHIPPED_BY_VALUE, fit_groups
-    from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES
+    from aiml_assets.resources.safe_artifact import TRUSTED_SKOPS_TYPES
 
     frame = synthetic()
     one_snapshot = frame[frame["snapshot_date"] == date(2025, 3, 1)].assign(product_code="mortgage")

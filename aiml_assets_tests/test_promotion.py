@@ -25,8 +25,8 @@ from aiml_assets.models.promotion import failure_reason, promotion_job, promotio
 from aiml_assets.models.registry import CHALLENGER, CHAMPION, GATE_TAG, alias_version
 from aiml_assets.models.training import log_and_register, registered_name, train
 from aiml_assets.resources.per_environment import build_resources
-from aiml_assets.resources.release_manifest import MANIFEST_MARKER, ManifestError, ReleaseManifest
-from aiml_assets.settings import RESOURCES_DIR, ProductRelease, ReleaseEntry, load_settings
+from aiml_assets.resources.release_manifest import MANIFEST_MARKER, ManifestError, ReleaseManifest, release_manifest_for
+from aiml_assets.settings import RESOURCES_DIR, ProductRelease, ReleaseEntry, load_settings, with_product_count
 from aiml_assets_tests.test_model_training import synthetic
 from local_environment import local_environment
 
@@ -355,3 +355,15 @@ def test_a_local_promotion_never_rewrites_the_repositorys_manifests(aiml_home):
     assert local == aiml_home / "resources" and (local / "prod.yaml").read_bytes() == before["prod"]
     assert release_resources_dir(load_settings("lab")) == RESOURCES_DIR
     assert {env: (RESOURCES_DIR / f"{env}.yaml").read_bytes() for env in ("uat", "prod")} == before
+
+
+def test_the_local_manifest_copies_take_the_generated_products(aiml_home):
+    """`run-local --products 49` promotes product_49: the local copies of uat/prod stand for the local products,
+    while the repository's files (and another env's, read as themselves) still refuse a product they do not list."""
+    entry = ReleaseEntry(name=registered_name("aiml_local", "product_49"), version=1, sha256="0" * 64,
+                         metadata_sha256="1" * 64, change_request=CR_PROD)
+    manifests = release_manifest_for(with_product_count(load_settings("local"), "49"))
+    manifests.write({"prod": {"product_49": ProductRelease(champion=entry)}})
+    assert manifests.read("prod") == {"product_49": ProductRelease(champion=entry)}
+    with pytest.raises(ManifestError, match="product_49 not in products"):
+        release_manifest_for(load_settings("local")).write({"prod": {"product_49": ProductRelease(champion=entry)}})

@@ -16,7 +16,8 @@ from deltalake import DeltaTable, write_deltalake
 from aiml_assets.definitions import build_definitions
 from aiml_assets.features.assets import FEATURES_KEY, TRAINING_KEY
 from aiml_assets.quality import FINITE, validate
-from aiml_assets.quarantine import offending_rows
+from aiml_assets.asset_tables import TableAccess
+from aiml_assets.quarantine import offending_rows, quarantine, quarantine_table
 from aiml_assets.settings import load_settings
 from aiml_assets.sources.edp import asset_key
 from aiml_assets.sources.relationships import CHECK_NAME as RELATIONSHIPS
@@ -207,6 +208,30 @@ def test_the_offending_rows_are_the_rows_each_rule_counts(spark):
     assert list(failing[rule["holding_id"]]["holding_id"]) == ["H3"]  # the repeat of H3, not its first row
     assert set(found["quarantine_partition"]) == {"2026-10-01"}
     assert not any(key in v.describe(rows) for v in violations for key in ("C0000000", "H2", "H3"))
+
+
+def test_a_failing_partition_replaces_only_its_own_rows_in_the_quarantine(aiml_home, spark):
+    """The model family evaluates every product's scores in one step: product B's failure must not erase A's
+    evidence, and A's rerun replaces A's rows only."""
+    from aiml_assets.resources.per_environment import build_resources
+
+    settings = load_settings("local")
+    r = build_resources(settings)
+    io = TableAccess(r["spark"], r["catalog"], r["tables"], r["storage"], "run-1")
+    table = quarantine_table(settings, TRAINING_KEY, "partitions")
+    schema = pandera.DataFrameSchema({"score": pandera.Column(T.DoubleType(), pandera.Check.le(1.0))}, name="S")
+
+    def failing(partition, *scores):
+        df = spark.createDataFrame([(s,) for s in scores], "score double")
+        return quarantine(io, table, offending_rows(df, validate(schema, df)[1], partition))
+
+    failing("credit_card", 2.0, 3.0)
+    failing("mortgage", 4.0)
+    failing("credit_card", 5.0)
+    kept = io.tables.read(spark, table.location(io)).toPandas()
+    assert sorted(zip(kept["quarantine_partition"], kept["score"])) == [("credit_card", 5.0), ("mortgage", 4.0)]
+    failing(None, 6.0)  # an unpartitioned evaluation judges the whole asset: it replaces everything
+    assert list(io.tables.read(spark, table.location(io)).toPandas()["score"]) == [6.0]
 
 
 def test_a_rerun_of_a_failing_check_replaces_its_quarantine(local_edp, spark, tmp_path):

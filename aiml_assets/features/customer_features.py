@@ -12,10 +12,10 @@ from datetime import date
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from aiml_assets.model_inputs import WINDOWS
 from aiml_assets.sources.erased import Sources
 from aiml_assets.sources.schemas import CATEGORIES
 
-WINDOWS = (30, 90, 365)
 AGE_BANDS = ((18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-54"), (55, "55-64"), (65, "65-74"), (75, "75+"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiml_assets.models.binary import fetch_metadata, fetch_model
 from aiml_assets.models.registry import CHALLENGER, CHAMPION
-from aiml_assets.models.safe_artifact import UntrustedModel, load_model
+from aiml_assets.resources.safe_artifact import UntrustedModel, load_model
 from aiml_assets.resources.nexus import NexusChecksumError, NexusError, NexusRepository
 from aiml_assets.settings import ProductRelease
 

@@ -16,7 +16,7 @@ from pyspark.sql import types as T
 from aiml_assets.features.customer_features import offers
 from aiml_assets.inference.deployment import CHALLENGER, CHAMPION, Deployment
 from aiml_assets.inference.schemas import CANARY_ROLE, CHAMPION_ROLE
-from aiml_assets.models.training import CATEGORICAL
+from aiml_assets.model_inputs import CATEGORICAL
 
 CANARY_BUCKETS = 10_000
 CANARY_SALT = "aiml-canary-v1"  # changing it would pick other customers: never change it under a running canary

@@ -25,7 +25,7 @@ from pyspark.sql import types as T
 
 from aiml_assets.models import diagnostics, reference_profile, training
 from aiml_assets.models.diagnostics import feature_importance
-from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES
+from aiml_assets.resources.safe_artifact import TRUSTED_SKOPS_TYPES
 from aiml_assets.models.training import TrainedModel, anonymous_example, evaluate, prepare, train
 
 # The modules whose functions the group function calls: each calls nothing of aiml_assets beyond the others. The

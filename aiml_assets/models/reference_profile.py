@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-BINS = 10
+from aiml_assets.model_inputs import PROFILE_BINS
+
 FLOOR = 1e-4  # an empty bin counts as this share, so that PSI stays finite
 
 
@@ -27,13 +28,14 @@ def profile(x: pd.DataFrame, categorical: list[str]) -> dict:
             continue
         numbers = pd.to_numeric(values, errors="coerce").astype("float64")
         present = numbers.dropna().to_numpy()
-        edges = sorted({float(e) for e in np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1])}) if len(present) else []
+        quantiles = np.linspace(0, 1, PROFILE_BINS + 1)[1:-1]
+        edges = sorted({float(e) for e in np.quantile(present, quantiles)}) if len(present) else []
         buckets = np.searchsorted(edges, present, side="right")  # number of edges <= value, as drift.py counts
         counts = np.bincount(buckets, minlength=len(edges) + 1)
         features[column] = {"kind": "numeric", "edges": edges, "rows": int(len(numbers)),
                             "shares": [float(c) / len(numbers) for c in counts],
                             "null_share": float(numbers.isna().mean())}
-    return {"bins": BINS, "rows": int(len(x)), "features": features}
+    return {"bins": PROFILE_BINS, "rows": int(len(x)), "features": features}
 
 
 def expected_shares(feature: dict) -> dict[str, float]:

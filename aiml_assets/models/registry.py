@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from aiml_assets.models.safe_artifact import load_model
+from aiml_assets.resources.safe_artifact import load_model
 from aiml_assets.models.training import VERSION_TAG
 
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -1,7 +1,8 @@
 """Training and evaluation of one product's propensity model, independent of Dagster.
 
 `train` runs on the executors, one product's rows per call (`family.train_family`): it and what it calls use nothing
-of `aiml_assets` beyond this module and `reference_profile` (both are shipped to the workers by value).
+of `aiml_assets` beyond this module and `reference_profile` (both are shipped to the workers by value) and the constants of
+`model_inputs`, which travel as values.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from aiml_assets.model_inputs import CATEGORICAL, NON_FEATURES
 from aiml_assets.models.reference_profile import profile
-from aiml_assets.models.safe_artifact import TRUSTED_SKOPS_TYPES
+from aiml_assets.resources.safe_artifact import TRUSTED_SKOPS_TYPES
 from aiml_assets.provenance import git_commit
 
-CATEGORICAL = ["age_band", "region", "segment", "income_band"]
-NON_FEATURES = {"customer_id", "snapshot_date", "product_code", "label"}
 # Take-up is rare (about 1% a month), so the trees are kept small and slow to learn: a freer model memorises the
 # few positives and its validation probabilities collapse towards 0 (calibration ratio ~0.2 in our measurements).
 PARAMS = {"learning_rate": 0.05, "max_iter": 100, "max_leaf_nodes": 8, "min_samples_leaf": 40,

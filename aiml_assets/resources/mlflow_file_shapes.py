@@ -18,11 +18,9 @@ from packaging.utils import canonicalize_name
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, Json, StrictBool, StrictFloat, StrictInt, StrictStr,
                       StringConstraints, model_validator)
 
-from aiml_assets.features.schemas import training_set_schema
-from aiml_assets.models.safe_artifact import SKOPS_FILE, TRUSTED_SKOPS_TYPES, beyond_trusted, describe_types
-from aiml_assets.models.training import NON_FEATURES
-from aiml_assets.settings import PROJECT_ROOT
-from aiml_assets.sources.schemas import PRODUCT_CODES
+from aiml_assets.model_inputs import feature_columns
+from aiml_assets.resources.safe_artifact import SKOPS_FILE, TRUSTED_SKOPS_TYPES, beyond_trusted, describe_types
+from aiml_assets.settings import PROJECT_ROOT, load_settings
 
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 REGISTERED_NAME = r"[a-z0-9_]+(?:\.[a-z0-9_]+)*"
@@ -50,7 +48,7 @@ def locked(requirement: str) -> str:
 @lru_cache(maxsize=1)
 def known_features() -> frozenset[str]:
     """The columns a model of ours may take: the training set's feature columns."""
-    return frozenset(training_set_schema(PRODUCT_CODES).columns) - NON_FEATURES
+    return frozenset(feature_columns(load_settings().products))
 
 
 def _feature(name: str) -> str:

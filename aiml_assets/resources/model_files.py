@@ -16,7 +16,7 @@ import yaml
 from packaging.utils import canonicalize_name
 from pydantic import ValidationError
 
-from aiml_assets.models.safe_artifact import (SKOPS_FILE, TRUSTED_SKOPS_TYPES, UntrustedModel, describe_types,
+from aiml_assets.resources.safe_artifact import (SKOPS_FILE, TRUSTED_SKOPS_TYPES, UntrustedModel, describe_types,
                                               untrusted_skops_types)
 from aiml_assets.resources.mlflow_file_shapes import (PIN, CondaEnv, ExampleFrame, MLmodel, PythonEnv,
                                                       RegisteredModelMeta, ServingExample, Shape, locked)

@@ -12,8 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, model_validator
 
-from aiml_assets.models.reference_profile import BINS
-from aiml_assets.models.training import CATEGORICAL
+from aiml_assets.model_inputs import CATEGORICAL, PROFILE_BINS
 from aiml_assets.resources.mlflow_file_shapes import Feature, Hex32, RegisteredName, Shape, Signature, pattern
 
 MAX_METADATA_BYTES = 256 * 1024
@@ -50,9 +49,9 @@ def _a_distribution(shares: list[float]) -> None:
 
 class NumericProfile(Shape):
     kind: Literal["numeric"]
-    edges: Annotated[list[Number], Field(max_length=BINS - 1)]
+    edges: Annotated[list[Number], Field(max_length=PROFILE_BINS - 1)]
     rows: Count
-    shares: Annotated[list[Share], Field(min_length=1, max_length=BINS)]
+    shares: Annotated[list[Share], Field(min_length=1, max_length=PROFILE_BINS)]
     null_share: Share
 
     @model_validator(mode="after")
@@ -74,7 +73,7 @@ class CategoricalProfile(Shape):
 
 
 class ReferenceProfile(Shape):
-    bins: Literal[BINS]
+    bins: Literal[PROFILE_BINS]
     rows: Count
     features: dict[Feature, Annotated[NumericProfile | CategoricalProfile, Field(discriminator="kind")]]
 

@@ -29,6 +29,9 @@ class ReleaseManifest(ConfigurableResource):
 
     resources_dir: str = str(RESOURCES_DIR)
     seed_from: str | None = None  # where to copy the env files from on first use, when resources_dir has none
+    # the products the env files stand for in place of their own: a local copy's are the local settings' products,
+    # which `aiml seed-edp --products N` extends; None: each file's own
+    products: list[str] | None = None
 
     def ready_dir(self) -> Path:
         """The env files' folder, first copied from `seed_from` if it does not exist yet (at use, never at load)."""
@@ -41,7 +44,7 @@ class ReleaseManifest(ConfigurableResource):
         return self.ready_dir() / f"{env}.yaml"
 
     def read(self, env: str) -> Manifest:
-        return dict(parse_settings(self.path(env), expected_env=env).release_manifest)
+        return dict(parse_settings(self.path(env), expected_env=env, products=self.products).release_manifest)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -86,7 +89,7 @@ class ReleaseManifest(ConfigurableResource):
                 out.write(_above_marker(path) + block.encode())
             shutil.copymode(path, staged)
             try:
-                written = parse_settings(staged, expected_env=env).release_manifest
+                written = parse_settings(staged, expected_env=env, products=self.products).release_manifest
             except SettingsError as exc:
                 raise ManifestError(f"{path}: refusing to write an invalid release manifest: {exc}") from exc
             if written != kept:
@@ -117,4 +120,5 @@ def release_manifest_for(settings: Settings) -> ReleaseManifest:
     the local registry, a copy under the AIML home: local versions and sha256s must never reach the real manifests."""
     if not settings.is_local:
         return ReleaseManifest()
-    return ReleaseManifest(resources_dir=str(aiml_home() / "resources"), seed_from=str(RESOURCES_DIR))
+    return ReleaseManifest(resources_dir=str(aiml_home() / "resources"), seed_from=str(RESOURCES_DIR),
+                           products=settings.products)

@@ -12,10 +12,11 @@ import pyspark.sql.types as T
 from dagster import AssetKey
 from pandera.pyspark import Field
 
+from aiml_assets.model_inputs import SPEND_CATEGORIES
 from aiml_assets.settings import Settings, load_settings
 
 PRODUCT_CODES = load_settings().products
-CATEGORIES = ["groceries", "dining", "travel", "fuel", "utilities", "entertainment", "retail", "other"]
+CATEGORIES = list(SPEND_CATEGORIES)
 TRANSACTION_CHANNELS = ["contactless", "chip_and_pin", "online", "mobile_app", "direct_debit"]
 CONTACT_CHANNELS = ["email", "sms", "app_push", "direct_mail", "outbound_call"]
 SEGMENTS = ["mass", "affluent", "premier", "small_business", "student"]
