@@ -125,14 +125,14 @@ def build_definitions(env: str | None = None, settings: Settings | None = None) 
         retention = define_asset_job(RETENTION_JOB, selection=AssetSelection.groups(GOVERNANCE_GROUP),
                                      description="Purge the perishable buckets of everything past retention, "
                                      "and prove it.")
+        jobs.append(retention)
+        schedules.append(ScheduleDefinition(job=retention, cron_schedule="0 2 * * *",
+                                            execution_timezone="Europe/London", default_status=unattended))
+    if settings.storage.kind == "s3":  # every bucket's posture, prod's (permanent, no lifecycle rules) too
         lifecycle = lifecycle_job(settings)
-        jobs += [retention, lifecycle]
-        schedules += [
-            ScheduleDefinition(job=retention, cron_schedule="0 2 * * *", execution_timezone="Europe/London",
-                               default_status=unattended),
-            ScheduleDefinition(job=lifecycle, cron_schedule="30 1 * * *", execution_timezone="Europe/London",
-                               default_status=unattended),
-        ]
+        jobs.append(lifecycle)
+        schedules.append(ScheduleDefinition(job=lifecycle, cron_schedule="30 1 * * *",
+                                            execution_timezone="Europe/London", default_status=unattended))
     if "prod_inference" in settings.asset_groups:
         scoring_job = define_asset_job(
             SCORING_JOB, selection=scoring,

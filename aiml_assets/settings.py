@@ -110,6 +110,19 @@ class StorageSettings(_Strict):
     buckets: dict[str, str] = Field(min_length=1)  # role (lab, uat, prod, publication...) -> bucket URI
     retention_days: int | None = Field(None, ge=1)  # None: permanent (prod)
     perishable: list[str] = []  # the bucket roles the retention purge empties of anything older than retention_days
+    # The bucket posture (deployments/s3/bucket-posture.json, the bucket_lifecycle job); required on S3:
+    kms_key_alias: str | None = Field(None, pattern=r"^alias/[A-Za-z0-9/_-]{1,250}$")  # SSE-KMS: buckets and writes
+    access_roles: list[Annotated[str, Field(pattern=r"^arn:aws:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")]] = []
+    audit_lock_days: int | None = Field(None, ge=1)  # the audit bucket's Object Lock retention (compliance mode)
+
+    @model_validator(mode="after")
+    def _s3_buckets_have_a_posture(self) -> StorageSettings:
+        if self.kind == "s3" and (self.kms_key_alias is None or not self.access_roles):
+            raise ValueError("kms_key_alias, access_roles: required for S3 buckets (their encryption key and the "
+                             "only principals their policy lets in)")
+        if self.kind == "s3" and "audit" in self.buckets and self.audit_lock_days is None:
+            raise ValueError("audit_lock_days: required with an S3 audit bucket (its Object Lock retention)")
+        return self
 
     @model_validator(mode="after")
     def _perishable_buckets_have_a_retention(self) -> StorageSettings:

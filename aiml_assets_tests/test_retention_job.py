@@ -14,13 +14,12 @@ from aiml_assets.definitions import RETENTION_JOB, build_definitions
 from aiml_assets.features.assets import FEATURES_KEY
 from aiml_assets.governance.retention import PurgeReport, cutoff
 from aiml_assets.keys import STEP_LAUNCHER_KEY
-from aiml_assets.resources.audit import AuditLog
 from aiml_assets.governance.lifecycle import LifecycleMismatch, lifecycle_document, verify_lifecycle
 from aiml_assets.governance.retention_assets import LIFECYCLE_JOB, PURGE_KEY, ClockRefused, lifecycle_job
 from aiml_assets.resources.catalog import LocalCatalog
 from aiml_assets.resources.per_environment import build_resources
-from aiml_assets.resources.storage import S3Storage
 from aiml_assets.settings import load_settings
+from aiml_assets_tests.test_bucket_posture import create_buckets, deployed_lab, job_resources  # noqa: F401
 
 NAME = "aiml_local.lab.customer_features"
 
@@ -91,13 +90,10 @@ def test_the_proving_check_fails_when_the_purge_leaves_old_data(lab_table, insta
 @pytest.mark.parametrize("env", ["lab", "uat"])
 def test_the_lifecycle_job_applies_and_verifies_each_perishable_bucket(env, s3, aiml_home):
     settings = load_settings(env)
-    storage = S3Storage(buckets=settings.storage.buckets)
-    for uri in settings.storage.buckets.values():
-        s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    create_buckets(s3, settings)
     job = lifecycle_job(settings)
 
-    assert job.execute_in_process(resources={"storage": storage,
-                                             "audit": AuditLog(location=str(aiml_home / "audit_log"))}).success
+    assert job.execute_in_process(resources=job_resources(settings, aiml_home)).success
 
     for role, uri in settings.storage.buckets.items():
         bucket = uri.removeprefix("s3://")
@@ -110,15 +106,9 @@ def test_the_lifecycle_job_applies_and_verifies_each_perishable_bucket(env, s3, 
                 s3.get_bucket_lifecycle_configuration(Bucket=bucket)
 
 
-def test_a_lifecycle_changed_by_hand_is_put_back_and_on_record(s3, aiml_home):
-    settings = load_settings("lab")
-    for uri in settings.storage.buckets.values():
-        s3.create_bucket(Bucket=uri.removeprefix("s3://"), CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    resources = {"storage": S3Storage(buckets=settings.storage.buckets),
-                 "audit": AuditLog(location=str(aiml_home / "audit_log"))}
-    job = lifecycle_job(settings)
-    assert job.execute_in_process(resources=resources).success
-    deployed = lifecycle_document(settings)
+def test_a_lifecycle_changed_by_hand_is_put_back_and_on_record(s3, deployed_lab):  # noqa: F811
+    resources, job = deployed_lab
+    deployed = lifecycle_document(load_settings("lab"))
     changed = json.loads(json.dumps(deployed))
     changed["Rules"][0]["Expiration"]["Days"] = 365
     s3.put_bucket_lifecycle_configuration(Bucket="buk-aiml-lab", LifecycleConfiguration=changed)
@@ -131,7 +121,8 @@ def test_a_lifecycle_changed_by_hand_is_put_back_and_on_record(s3, aiml_home):
     assert result.success
     verify_lifecycle(s3, "buk-aiml-lab", deployed)  # put back as deployments/s3 has it
     # the first run found a new bucket unconfigured, the second the change by hand
-    first, second = [e for e in resources["audit"].read() if e["action"] == "lifecycle_drift"]
+    first, second = [e for e in resources["audit"].read()
+                     if e["action"] == "bucket_posture_drift" and e["subject"] == "buk-aiml-lab"]
     assert first["subject"] == second["subject"] == "buk-aiml-lab"
     assert "expire-after-92-days" in second["details"]["drift"] and "versioning" in second["details"]["drift"]
 
@@ -147,6 +138,6 @@ def test_the_purge_proves_itself_in_its_own_step_on_the_environments_cluster():
     assert {STEP_LAUNCHER_KEY, "storage", "tables", "catalog", "audit"} <= purge.required_resource_keys
 
 
-def test_prod_has_no_retention_job_and_no_lifecycle(aiml_home):
+def test_prod_has_no_retention_job_but_checks_its_bucket_posture(aiml_home):
     jobs = {job.name for job in build_definitions("prod").jobs}
-    assert not {RETENTION_JOB, LIFECYCLE_JOB} & jobs
+    assert RETENTION_JOB not in jobs and LIFECYCLE_JOB in jobs

@@ -1,19 +1,16 @@
-"""The perishable buckets' S3 settings, from `deployments/s3/`: versioning on, and lifecycle rules that expire
-objects `BACKSTOP_DAYS` after the environment's retention. The retention purge acts first and through Delta; S3
-expiring a Delta log entry a live table still needs would break the table, so S3's rule is the backstop for a purge
-that did not run. The bucket's settings are read first (drift is reported and audited), then applied and read back;
-any difference after applying is a failure."""
+"""The perishable buckets' lifecycle rules, from `deployments/s3/lifecycle-<env>.json`: objects expire
+`BACKSTOP_DAYS` after the environment's retention. The retention purge acts first and through Delta; S3 expiring a
+Delta log entry a live table still needs would break the table, so S3's rule is the backstop for a purge that did
+not run. The bucket posture (`bucket_posture.py`) applies these rules, with versioning, and reads them back."""
 
 from __future__ import annotations
 
 import json
 
-from aiml_assets.resources.storage import S3Storage, Storage
 from aiml_assets.settings import DEPLOYMENTS_DIR, Settings
 
 
 BACKSTOP_DAYS = 2  # S3 counts from the next midnight UTC; the purge runs daily at 02:00 UK
-LIFECYCLE_DRIFT = "lifecycle_drift"  # audit action
 
 
 class LifecycleMismatch(RuntimeError):
@@ -29,24 +26,6 @@ def lifecycle_document(settings: Settings) -> dict:
     return document
 
 
-def apply_lifecycle(storage: Storage, settings: Settings, log=print) -> dict[str, str]:
-    """Report drift from, apply, then verify each perishable bucket's versioning and lifecycle rules; returns
-    bucket -> what was found before applying."""
-    if not isinstance(storage, S3Storage):
-        log("local folders have no lifecycle rules: the retention purge alone enforces retention")
-        return {}
-    document, s3 = lifecycle_document(settings), storage.client()
-    outcome = {}
-    for role in settings.storage.perishable:
-        bucket = storage.root(role).removeprefix("s3://").split("/")[0]
-        outcome[bucket] = drift(s3, bucket, document) or "as deployed"
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=document)
-        verify_lifecycle(s3, bucket, document)
-        log(f"{bucket}: found {outcome[bucket]}; now versioned with the rules of lifecycle-{settings.environment}.json")
-    return outcome
-
-
 def verify_lifecycle(s3, bucket: str, document: dict) -> None:
     if found := drift(s3, bucket, document):
         raise LifecycleMismatch(f"{bucket}: {found}")
@@ -54,17 +33,30 @@ def verify_lifecycle(s3, bucket: str, document: dict) -> None:
 
 def drift(s3, bucket: str, document: dict) -> str | None:
     """How the bucket's versioning and lifecycle rules differ from `document`, or None."""
-    found = [] if s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled" else ["versioning is not enabled"]
+    found = [] if versioned(s3, bucket) else ["versioning is not enabled"]
+    found += [differing] if (differing := rules_drift(applied_rules(s3, bucket), document["Rules"])) else []
+    return "; ".join(found) or None
+
+
+def versioned(s3, bucket: str) -> bool:
+    return s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+
+
+def applied_rules(s3, bucket: str) -> list[dict]:
     try:
-        applied = _by_id(s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"])
+        return s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     except s3.exceptions.ClientError as exc:
         if exc.response["Error"]["Code"] != "NoSuchLifecycleConfiguration":
             raise
-        applied = {}
-    expected = _by_id(document["Rules"])
-    differing = sorted(rule for rule in set(applied) | set(expected) if applied.get(rule) != expected.get(rule))
-    found += [f"lifecycle rules {differing} differ from deployments/s3"] if differing else []
-    return "; ".join(found) or None
+        return []
+
+
+def rules_drift(applied: list[dict], expected: list[dict]) -> str | None:
+    """Which rules (by ID) differ between `applied` and `expected`, or None."""
+    applied_by_id, expected_by_id = _by_id(applied), _by_id(expected)
+    differing = sorted(rule for rule in set(applied_by_id) | set(expected_by_id)
+                       if applied_by_id.get(rule) != expected_by_id.get(rule))
+    return f"lifecycle rules {differing} differ from deployments/s3" if differing else None
 
 
 def _by_id(rules: list[dict]) -> dict[str, str]:

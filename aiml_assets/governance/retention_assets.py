@@ -1,4 +1,5 @@
-"""The retention purge as a daily asset whose step proves it (its blocking check), and the bucket lifecycle job."""
+"""The retention purge as a daily asset whose step proves it (its blocking check), and the bucket posture job
+(`bucket_lifecycle`: lifecycle rules and the rest of each bucket's posture)."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -19,7 +20,7 @@ from dagster import (
 )
 
 from aiml_assets.asset_tables import SCHEMA_OF_ROLE, table_name
-from aiml_assets.governance.lifecycle import LIFECYCLE_DRIFT, apply_lifecycle
+from aiml_assets.governance.bucket_posture import POSTURE_DRIFT, apply_posture
 from aiml_assets.governance.retention import cutoff, past_retention, purge
 from aiml_assets.keys import GOVERNANCE_GROUP as GROUP, PURGE_KEY, StepLauncherParam
 from aiml_assets.resources.audit import AuditLog, actor_of
@@ -105,18 +106,24 @@ def retention_assets(settings: Settings) -> list:
 
 def lifecycle_job(settings: Settings):
     @op
-    def apply_and_verify_lifecycle(context: OpExecutionContext, storage: Storage, audit: AuditLog) -> None:
-        found = apply_lifecycle(storage, settings, log=context.log.info)
-        for bucket, drift in found.items():
-            if drift != "as deployed":  # changed outside deployments/s3: put back, and on record
-                context.log.warning(f"{bucket}: {drift}; restored")
-                audit.record(LIFECYCLE_DRIFT, bucket, actor=actor_of(context.run.tags),
-                             environment=settings.environment, run_id=context.run.run_id, details={"drift": drift})
-        context.add_output_metadata({"found_before_applying": MetadataValue.json(found)})
+    def apply_and_verify_posture(context: OpExecutionContext, storage: Storage, audit: AuditLog) -> None:
+        reports = apply_posture(storage, settings, log=context.log.info)
+        for report in (r for r in reports if r.drift):  # changed outside deployments/s3: put back, and on record
+            context.log.warning(f"{report.bucket}: {'; '.join(report.drift)}")
+            audit.record(POSTURE_DRIFT, report.bucket, actor=actor_of(context.run.tags),
+                         environment=settings.environment, run_id=context.run.run_id,
+                         details={"drift": "; ".join(report.drift), "refused": "; ".join(report.refused)})
+        found = MetadataValue.json({r.bucket: "; ".join(r.drift) or "as deployed" for r in reports})
+        if refused := [f"{r.bucket}: {'; '.join(r.refused)}" for r in reports if r.refused]:
+            raise Failure("bucket posture not put right (the job must not change these by itself): "
+                          + " | ".join(refused), metadata={"found_before_applying": found})
+        context.add_output_metadata({"found_before_applying": found})
 
-    @job(name=LIFECYCLE_JOB, description="Apply deployments/s3's versioning and lifecycle rules to the perishable "
-         "buckets and read them back; fails on any difference.")
+    @job(name=LIFECYCLE_JOB, description="Apply each bucket's posture (deployments/s3: SSE-KMS, public access "
+         "blocked, TLS- and roles-only policy, versioning, lifecycle rules) and read it back; audits what drifted; "
+         "fails on any difference left, and on an audit bucket whose Object Lock is off, not in compliance mode or "
+         "shorter than the env file states.")
     def bucket_lifecycle():
-        apply_and_verify_lifecycle()
+        apply_and_verify_posture()
 
     return bucket_lifecycle

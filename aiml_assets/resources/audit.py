@@ -108,9 +108,9 @@ class AuditLog(ConfigurableResource):
     def in_bucket(cls, storage: Storage, key_env: str = "AIML_AUDIT_KEY", development_key: bool = False) -> "AuditLog":
         # commits are create-if-absent puts (delta-rs 1.x's default, said explicitly): never a copy-then-delete
         # rename, which the audit bucket's deny-delete policy refuses
-        options = {"AWS_REGION": storage.region, "AWS_CONDITIONAL_PUT": "etag"} if isinstance(storage, S3Storage) else {}
-        if isinstance(storage, S3Storage) and storage.endpoint_url:
-            options["AWS_ENDPOINT_URL"] = storage.endpoint_url
+        # (and SSE-KMS under the environment's key, as every write to its buckets)
+        s3 = isinstance(storage, S3Storage)
+        options = storage.delta_storage_options() | {"AWS_CONDITIONAL_PUT": "etag"} if s3 else {}
         return cls(location=storage.uri(AUDIT_ROLE, AUDIT_TABLE), storage_options=options, key_env=key_env,
                    development_key=development_key)
 

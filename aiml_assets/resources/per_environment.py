@@ -33,7 +33,7 @@ def build_resources(settings: Settings) -> dict:
         )
     )
     storage = (LocalStorage(home=home, buckets=settings.storage.buckets) if settings.is_local
-               else S3Storage(buckets=settings.storage.buckets))
+               else S3Storage(buckets=settings.storage.buckets, kms_key_alias=settings.storage.kms_key_alias))
     roots = [storage.root(role) for role in settings.storage.buckets]
     catalogs = dict(readable=readable_catalogs(settings), writable=writable_catalogs(settings))
     audit = AuditLog.in_bucket(storage, **settings.audit.model_dump())
@@ -50,7 +50,7 @@ def build_resources(settings: Settings) -> dict:
     return {
         STEP_LAUNCHER_KEY: databricks_step_launcher(settings),
         "spark": SparkResource(local=False),
-        "tables": SparkDeltaTables(write_roots=roots),
+        "tables": SparkDeltaTables(write_roots=roots, kms_key_alias=settings.storage.kms_key_alias),
         "catalog": UnityCatalog(**catalogs),
         **shared,
     }

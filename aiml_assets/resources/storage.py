@@ -149,10 +149,24 @@ class S3Storage(Storage):
 
     region: str = "eu-west-2"
     endpoint_url: str | None = None
+    # Every write asks for SSE-KMS under this key (settings.storage.kms_key_alias), not only the bucket's default:
+    # the buckets' policy refuses a write asking for any other encryption
+    kms_key_alias: str | None = None
 
     def client(self):
-        """The S3 client; also for bucket-level settings (versioning, lifecycle rules) of the environment's buckets."""
+        """The S3 client; also for bucket-level settings (the bucket posture) of the environment's buckets."""
         return boto3.client("s3", region_name=self.region, endpoint_url=self.endpoint_url)
+
+    def encryption(self) -> dict[str, str]:
+        """The encryption parameters of every PutObject."""
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_alias} if self.kms_key_alias else {}
+
+    def delta_storage_options(self) -> dict[str, str]:
+        """delta-rs (object_store) options for these buckets: region, endpoint, and the same encryption headers."""
+        options = {"AWS_REGION": self.region} | ({"AWS_ENDPOINT_URL": self.endpoint_url} if self.endpoint_url else {})
+        if self.kms_key_alias:
+            options |= {"aws_server_side_encryption": "aws:kms", "aws_sse_kms_key_id": self.kms_key_alias}
+        return options
 
     def _split(self, role: str, key: str = "") -> tuple[str, str]:
         root = self.root(role).removeprefix("s3://")
@@ -161,13 +175,13 @@ class S3Storage(Storage):
 
     def put(self, role, key, data) -> str:
         bucket, full_key = self._split(role, _check_key(key))
-        self.client().put_object(Bucket=bucket, Key=full_key, Body=data)  # S3 PUTs are atomic per object
+        self.client().put_object(Bucket=bucket, Key=full_key, Body=data, **self.encryption())  # atomic per object
         return f"s3://{bucket}/{full_key}"
 
     def create(self, role, key, data) -> bool:
         bucket, full_key = self._split(role, _check_key(key))
         try:  # S3 conditional write: refused with 412 when the key exists, 409 while another create of it is open
-            self.client().put_object(Bucket=bucket, Key=full_key, Body=data, IfNoneMatch="*")
+            self.client().put_object(Bucket=bucket, Key=full_key, Body=data, IfNoneMatch="*", **self.encryption())
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False

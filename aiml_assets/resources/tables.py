@@ -273,8 +273,23 @@ class DeltaRsTables(DeltaTables):
 class SparkDeltaTables(DeltaTables):
     """Databricks: Spark's own Delta reader and writer."""
 
+    kms_key_alias: str | None = None  # settings.storage.kms_key_alias: every file written asks for SSE-KMS under it
+
+    def s3a_encryption(self) -> dict[str, str]:
+        """The S3A settings that make each PUT carry the SSE-KMS headers (the buckets' default is the backstop)."""
+        if not self.kms_key_alias:
+            return {}
+        return {"fs.s3a.server-side-encryption-algorithm": "SSE-KMS",
+                "fs.s3a.server-side-encryption.key": self.kms_key_alias}
+
+    def _encrypting(self, spark: SparkSession) -> SparkSession:
+        for key, value in self.s3a_encryption().items():
+            spark.conf.set(key, value)
+        return spark
+
     def write(self, df, location, *, run_id, partition_by=None, replace=None) -> int:
         self._writable(location)
+        self._encrypting(df.sparkSession)
         writer = df.write.format("delta").mode("overwrite").option("userMetadata", run_id)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
@@ -308,9 +323,8 @@ class SparkDeltaTables(DeltaTables):
         files = SparkSession.builder.getOrCreate().read.format("delta").load(location).inputFiles()
         return [unquote(uri.removeprefix(root)) for uri in files]
 
-    @staticmethod
-    def _sql_committed_by(statement: str, run_id: str) -> None:
-        spark = SparkSession.builder.getOrCreate()
+    def _sql_committed_by(self, statement: str, run_id: str) -> None:
+        spark = self._encrypting(SparkSession.builder.getOrCreate())
         spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
         try:
             spark.sql(statement)
