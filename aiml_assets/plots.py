@@ -5,21 +5,27 @@ from __future__ import annotations
 import base64
 import io
 
-import matplotlib
 
-matplotlib.use("Agg")  # no display on Databricks drivers or CI
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib, headless (no display on Databricks drivers or CI); loaded at the first plot, not with the code
+    location."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def figure(width: float, height: float):
-    return plt.subplots(figsize=(width, height))
+    return _pyplot().subplots(figsize=(width, height))
 
 
 def to_png(fig, dpi: int = 80) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 

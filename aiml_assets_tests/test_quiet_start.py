@@ -46,3 +46,20 @@ def test_code_location_loads_quietly_and_only_known_warnings_are_filtered(tmp_pa
     # exact, not a blanket ignore: a Dagster warning of each category about another feature is still printed
     for category in ("PreviewWarning", "BetaWarning", "SupersessionWarning", "DeprecationWarning"):
         assert any(category in line for line in warned), f"an unknown {category} was silenced:\n{output[-3000:]}"
+
+
+# Loaded where they are used (training, logging, a model's load, a plot, a Databricks launch), never with the code
+# location: each costs seconds of CPU in every process that loads it (issue 17, bench/peers.py measures the load).
+LOADED_WHERE_USED = ("mlflow", "sklearn", "skops", "matplotlib", "dagster_databricks", "databricks",
+                     "great_expectations", "datacontract")
+
+
+def test_a_local_code_location_loads_no_library_it_does_not_use_at_load(tmp_path):
+    env = {**os.environ, "AIML_ENV": "local", "AIML_HOME": str(tmp_path / "aiml"),
+           "DAGSTER_HOME": str(tmp_path / "dagster")}
+    script = ("import sys, aiml_assets.definitions as d; d.defs.resolve_asset_graph(); "
+              f"print(sorted(m for m in {LOADED_WHERE_USED!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -15,9 +15,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import mlflow
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING
 
 from aiml_assets.models.training import REFERENCE_PROFILE
 from aiml_assets.resources.nexus import (
@@ -32,6 +30,9 @@ from aiml_assets.resources.nexus import (
     model_zip_entries,
     read_metadata,
 )
+
+if TYPE_CHECKING:  # MLflow loads where a binary is made, not with the code location
+    from mlflow import MlflowClient
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can record: no build time leaks into the bytes
 _REGULAR_FILE_0644 = 0o100644 << 16
@@ -75,6 +76,8 @@ def package_model(model_dir: Path, where: str | None = None) -> bytes:
 
 def version_metadata(client: MlflowClient, name: str, version: int, model_dir: Path) -> dict:
     """What metadata.json says about a registered version, from its MLflow run and its downloaded `model_dir`."""
+    import mlflow
+
     run = client.get_run(client.get_model_version(name, str(version)).run_id)
     signature = mlflow.models.Model.load(str(Path(model_dir) / "MLmodel")).signature
     return {

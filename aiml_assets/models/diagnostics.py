@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.inspection import permutation_importance
-from sklearn.metrics import roc_curve
 from threadpoolctl import threadpool_limits
 
 from aiml_assets.models.training import prepare
@@ -16,6 +14,8 @@ TOP_FEATURES = 15
 
 
 def roc_png(labels: np.ndarray, scores: np.ndarray, title: str) -> bytes:
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(labels, scores)
     fig, ax = figure(4.5, 4.5)
     ax.plot(fpr, tpr, color="steelblue", label="model")
@@ -28,6 +28,8 @@ def roc_png(labels: np.ndarray, scores: np.ndarray, title: str) -> bytes:
 def feature_importance(model, valid: pd.DataFrame) -> dict[str, float]:
     """Drop in validation ROC AUC when each feature is shuffled (model-agnostic; HistGradientBoosting has no
     built-in importances)."""
+    from sklearn.inspection import permutation_importance
+
     sample = valid.sample(n=min(IMPORTANCE_ROWS, len(valid)), random_state=0)
     # One OpenMP thread: the many small predictions otherwise spend their time starting thread teams (13x slower
     # on a 2-core box in our measurement).

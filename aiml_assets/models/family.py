@@ -17,7 +17,6 @@ from io import StringIO
 
 import numpy as np
 import pandas as pd
-import skops.io
 from pyspark import cloudpickle
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -56,6 +55,7 @@ def fit_groups(champions: dict[str, object]):
     columns = FITTED.fieldNames()
 
     def fit(rows: pd.DataFrame) -> pd.DataFrame:
+        import skops.io
         from threadpoolctl import threadpool_limits
 
         product = str(rows["product_code"].iloc[0])
@@ -102,6 +102,8 @@ class Fitted:
 
 
 def _fitted(row) -> Fitted:
+    import skops.io
+
     model = skops.io.loads(row["model"], trusted=list(TRUSTED_SKOPS_TYPES))  # bytes our own executors made
     validation = pd.DataFrame({"customer_id": list(row["validation_customers"]),
                                "snapshot_date": date.fromisoformat(row["validation_snapshot"]),

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 from dagster import Config, Failure, JobDefinition, OpExecutionContext, Output, job, op
-from mlflow.exceptions import MlflowException
 
 from aiml_assets.keys import CHANGE_REQUEST
 from aiml_assets.resources.audit import (
@@ -56,6 +55,8 @@ def check_change_request(change_request: str) -> str:
 def verified_entry(mlflow: MlflowResource, nexus: NexusRepository, name: str, version: int,
                    change_request: str) -> ReleaseEntry:
     """The release entry of a registered, gate-passed version whose binary is in Nexus and matches its sha256."""
+    from mlflow.exceptions import MlflowException
+
     client = mlflow.client()
     try:
         model_version = client.get_model_version(name, str(version))

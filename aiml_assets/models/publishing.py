@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow as mlflow_client
 import pandas as pd
 from dagster import MetadataValue
 
@@ -71,6 +70,8 @@ def publish_version(mlflow: MlflowResource, nexus: NexusRepository, lineage: lis
                     name: str) -> tuple[int, dict]:
     """Publish the version to publish; tag it in the registry as in Nexus once both files are there."""
     version = version_to_publish(mlflow, lineage, product, name)
+    import mlflow as mlflow_client
+
     client = mlflow.client()
     with tempfile.TemporaryDirectory(prefix="aiml_model_") as tmp:
         model_dir = Path(mlflow_client.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING
 
 from aiml_assets.resources.safe_artifact import load_model
 from aiml_assets.models.training import VERSION_TAG
+
+if TYPE_CHECKING:  # MLflow loads where the registry is used, not with the code location
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "validation_gate"  # "passed" or "failed", set by the gate on the version it judged
@@ -30,6 +30,8 @@ class GateNotPassed(PermissionError):
 
 
 def _runs_of(experiment_id: str, dagster_run_id: str, product: str, status: str):
+    import mlflow
+
     return mlflow.search_runs(
         experiment_ids=[experiment_id], output_format="list",
         filter_string=f"tags.dagster_run_id = '{dagster_run_id}' and tags.product = '{product}' "
@@ -61,6 +63,8 @@ def end_abandoned_runs(experiment_id: str, dagster_run_ids: list[str], product: 
     """End as FAILED the MLflow runs for `product` that these Dagster runs left RUNNING (an earlier attempt whose
     process died, or whose store was still locked when MLflow tried to end the run); their ids. A Dagster run
     trains a product in one step at a time, so none of them is still being written to."""
+    from mlflow import MlflowClient
+
     client = MlflowClient()
     abandoned = [run.info.run_id for dagster_run_id in _distinct(dagster_run_ids)
                  for run in _runs_of(experiment_id, dagster_run_id, product, "RUNNING")]
@@ -75,6 +79,8 @@ _ABSENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return int(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
@@ -85,6 +91,8 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
 
 def load(name: str, version: int):
     """The registered version's model, deserialized trusting only our fixed skops types (never the artifact's)."""
+    import mlflow
+
     with tempfile.TemporaryDirectory(prefix="aiml_load_") as tmp:
         model_dir = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
         return load_model(Path(model_dir), f"{name} version {version}")

@@ -11,21 +11,18 @@ import tempfile
 from importlib.metadata import version as installed_version
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import mlflow
-from mlflow.models import infer_signature
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
 
 from aiml_assets.model_inputs import CATEGORICAL, NON_FEATURES
 from aiml_assets.models.reference_profile import profile
 from aiml_assets.resources.safe_artifact import TRUSTED_SKOPS_TYPES
 from aiml_assets.provenance import git_commit
+
+if TYPE_CHECKING:  # scikit-learn and MLflow load where a model is trained or logged, not with the code location
+    from sklearn.pipeline import Pipeline
 
 # Take-up is rare (about 1% a month), so the trees are kept small and slow to learn: a freer model memorises the
 # few positives and its validation probabilities collapse towards 0 (calibration ratio ~0.2 in our measurements).
@@ -60,6 +57,11 @@ def temporal_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def build_pipeline(features: list[str]) -> Pipeline:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
     numeric = [c for c in features if c not in CATEGORICAL]
     # HistGradientBoosting handles the nullable day counts (NaN) natively, so numeric columns pass through.
     encode = ColumnTransformer(
@@ -90,6 +92,8 @@ def evaluate(model: Pipeline, valid: pd.DataFrame) -> dict[str, float]:
 
 def validation_metrics(valid: pd.DataFrame, p: np.ndarray) -> dict[str, float]:
     """How well the scores `p` rank and calibrate the labels of `valid`."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
     y = valid["label"].to_numpy()
     return {
         "roc_auc": float(roc_auc_score(y, p)),
@@ -166,6 +170,9 @@ def log_and_register(trained: TrainedModel, *, experiment_id: str, name: str, pr
     with the run's tags in one write, so the registry alone says where it came from; and the run names its
     version (`VERSION_TAG`) last, so only a run that finished names one (`registry.version_registered_by`).
     """
+    import mlflow
+    from mlflow.models import infer_signature
+
     example = anonymous_example(prepare(trained.validation)) if example is None else example
     signature = infer_signature(example, trained.model.predict_proba(example)[:, 1])
     all_tags = {**tags, "git_commit": git_commit(), "train_snapshots": ",".join(trained.train_snapshots),

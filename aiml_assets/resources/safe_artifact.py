@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import skops.io
 import yaml
 
 # What skops does not trust by default in the propensity pipeline (ColumnTransformer + OneHotEncoder +
@@ -41,6 +40,8 @@ def untrusted_skops_types(data: bytes) -> list[str]:
     """The types a serialized model.skops would construct beyond skops's defaults and `TRUSTED_SKOPS_TYPES`.
     Reads the archive's schema only; nothing is constructed."""
     try:
+        import skops.io  # loads scikit-learn: where a model is checked or loaded, not with the code location
+
         return beyond_trusted(skops.io.get_untrusted_types(data=data))
     except Exception as exc:  # skops raises whatever its parser meets: not our archive either way
         raise UntrustedModel(f"not a skops archive skops can audit ({type(exc).__name__})") from None
@@ -69,4 +70,6 @@ def load_model(model_dir: Path, model: str):
     if extra:
         raise UntrustedModel(f"{model}: refused: its {SKOPS_FILE} would construct {describe_types(extra)}; "
                              f"a model of ours is loaded trusting only {', '.join(TRUSTED_SKOPS_TYPES)}")
+    import skops.io
+
     return skops.io.loads(data, trusted=list(TRUSTED_SKOPS_TYPES))

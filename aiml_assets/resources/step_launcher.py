@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING
 
 from dagster import AssetsDefinition, JobDefinition, ResourceDefinition, resource
 from packaging.requirements import Requirement
-from dagster_databricks import databricks_pyspark_step_launcher
-from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
 from aiml_assets.keys import STEP_LAUNCHER_KEY
 from aiml_assets.provenance import COMMIT_ENV_VAR, git_commit
@@ -108,6 +106,10 @@ def bundle_code(target: Path) -> Path:
 
 
 def databricks_step_launcher(settings: Settings) -> ResourceDefinition:
+    # dagster-databricks (and the Databricks SDK) load with a Databricks environment's code location only
+    from dagster_databricks import databricks_pyspark_step_launcher
+    from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
+
     host_env_var = settings.databricks.host_env_var
 
     @resource(

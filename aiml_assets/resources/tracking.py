@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 from dagster import ConfigurableResource
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+
+if TYPE_CHECKING:  # MLflow loads where it is used, not with the code location
+    from mlflow import MlflowClient
 
 
 class MlflowStoreUnavailable(RuntimeError):
@@ -35,6 +36,8 @@ class MlflowResource(ConfigurableResource):
 
     def activate(self) -> str:
         """Point the mlflow client library at this environment and return the experiment id."""
+        import mlflow
+
         mlflow.set_tracking_uri(self._resolve(self.tracking_uri))
         mlflow.set_registry_uri(self._resolve(self.registry_uri))
         experiment = mlflow.get_experiment_by_name(self.experiment)
@@ -43,6 +46,8 @@ class MlflowResource(ConfigurableResource):
         return mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location)
 
     def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
         self.activate()
         return MlflowClient()
 
@@ -50,6 +55,8 @@ class MlflowResource(ConfigurableResource):
     def unavailable_named(self, doing: str):
         """Raise a locked store's error as `MlflowStoreUnavailable` naming the store and what was being done.
         MLflow has already waited out SQLite's busy timeout (20 s) by then."""
+        from mlflow.exceptions import MlflowException
+
         try:
             yield
         except MlflowException as exc:
