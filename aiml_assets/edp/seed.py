@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import CommitProperties
 
+from aiml_assets.model_inputs import SPEND_CATEGORIES
 from aiml_assets.resources.catalog import LocalCatalog
 
 GENERATOR = "aiml_assets.edp.seed"
@@ -150,7 +151,7 @@ EDP_PRODUCTS: dict[str, Product] = {
 # The synthetic world's constants
 # --------------------------------------------------------------------------------------------------------------
 
-CATEGORIES = ("groceries", "dining", "travel", "fuel", "utilities", "entertainment", "retail", "other")
+CATEGORIES = SPEND_CATEGORIES  # EDP's transaction categories, as our features read them
 _K = {name: i for i, name in enumerate(CATEGORIES)}
 TX_CHANNELS = ("contactless", "chip_and_pin", "online", "mobile_app", "direct_debit")
 CAMPAIGN_CHANNELS = ("email", "sms", "app_push", "direct_mail", "outbound_call")

@@ -171,6 +171,12 @@ def lock_refusals(s3, posture: Posture) -> list[str]:
     return []
 
 
+def drift(s3, posture: Posture) -> list[str]:
+    """How the bucket's settings differ from its posture, read only (Object Lock aside: `lock_refusals`)."""
+    return [found for setting in SETTINGS
+            if (found := setting.differs(setting.found(s3, posture.bucket), setting.expected(posture)))]
+
+
 def apply_posture(storage: Storage, settings: Settings, log=print) -> list[PostureReport]:
     """Read each bucket's posture (what drifted), put back what may be, read it back; returns each bucket's report,
     whose `refused` lists what the caller must fail on."""

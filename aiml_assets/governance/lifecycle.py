@@ -26,22 +26,6 @@ def lifecycle_document(settings: Settings) -> dict:
     return document
 
 
-def verify_lifecycle(s3, bucket: str, document: dict) -> None:
-    if found := drift(s3, bucket, document):
-        raise LifecycleMismatch(f"{bucket}: {found}")
-
-
-def drift(s3, bucket: str, document: dict) -> str | None:
-    """How the bucket's versioning and lifecycle rules differ from `document`, or None."""
-    found = [] if versioned(s3, bucket) else ["versioning is not enabled"]
-    found += [differing] if (differing := rules_drift(applied_rules(s3, bucket), document["Rules"])) else []
-    return "; ".join(found) or None
-
-
-def versioned(s3, bucket: str) -> bool:
-    return s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
-
-
 def applied_rules(s3, bucket: str) -> list[dict]:
     try:
         return s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
